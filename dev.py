@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""The two commands of slackq, for a fresh clone with only Python >= 3.11 and git.
+
+    python3 dev.py run     set up .venv, then run web + worker (embedded Redis if no REDIS_URL)
+    python3 dev.py test    set up .venv and the Node interop deps, then run the test suite
+
+Extra arguments after `test` go to pytest (`python3 dev.py test -m durability -x`).
+Set-up is repeated only when a lock file changes. Standard library only: it runs before any
+dependency is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / "python"
+NODE_DIR = ROOT / "tests" / "node"
+
+
+def _digest(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        if path.exists():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_venv(lock: Path) -> None:
+    """Create .venv and install the hash-pinned lock file plus the project (no deps)."""
+    stamp = VENV / f".slackq-{lock.name}"
+    wanted = _digest(lock, ROOT / "pyproject.toml")
+    if stamp.exists() and stamp.read_text() == wanted:
+        return
+    if not PYTHON.exists():
+        print("dev.py: creating .venv", flush=True)
+        venv.create(VENV, with_pip=True)
+    pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    print(f"dev.py: installing {lock.name}", flush=True)
+    subprocess.run([*pip, "--require-hashes", "-r", str(lock)], check=True)
+    subprocess.run([*pip, "--no-deps", "-e", str(ROOT)], check=True)
+    stamp.write_text(wanted)
+
+
+def ensure_node_modules() -> None:
+    """`npm ci` the pinned Node BullMQ used by the interop tests and benchmarks."""
+    lock = NODE_DIR / "package-lock.json"
+    if not lock.exists():
+        return
+    if shutil.which("npm") is None:
+        print("dev.py: npm not found; Node interop tests will be skipped", flush=True)
+        return
+    stamp = NODE_DIR / "node_modules" / ".slackq-installed"
+    wanted = _digest(lock)
+    if stamp.exists() and stamp.read_text() == wanted:
+        return
+    print("dev.py: npm ci (tests/node)", flush=True)
+    subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=NODE_DIR, check=True)
+    stamp.write_text(wanted)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in {"run", "test"}:
+        print(__doc__, file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    if command == "run":
+        ensure_venv(ROOT / "requirements.lock")
+        return subprocess.call([str(PYTHON), "-m", "slackq.run", *rest], cwd=ROOT)
+    ensure_venv(ROOT / "requirements-test.lock")
+    ensure_node_modules()
+    return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

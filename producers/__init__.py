@@ -1,0 +1,1 @@
+"""Everything that puts jobs on the queue: the Slack webhook (`producers.app`)."""

@@ -1,0 +1,35 @@
+"""`python -m producers`: the web process (uvicorn on $PORT, proxy headers on)."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from producers.app import create_app
+from slackq.errors import ConfigError
+from slackq.logging import configure_logging
+from slackq.settings import load_settings
+
+
+def main() -> int:
+    try:
+        settings = load_settings(require=("SLACK_SIGNING_SECRET",))
+    except ConfigError as exc:
+        print(f"slackq web: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host="0.0.0.0",  # noqa: S104 - a dyno must listen on all interfaces
+        port=settings.port,
+        proxy_headers=True,
+        forwarded_allow_ips="*",
+        log_config=None,
+        access_log=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

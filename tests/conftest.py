@@ -1,0 +1,48 @@
+"""Fixtures: a real redis-server per test on a free port, and the Slack Web API stand-in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from slackq.embedded import RedisProcess
+from slackq.settings import Settings
+from tests.fake_slack import FakeSlack
+from tests.slack_requests import BOT_TOKEN, SIGNING_SECRET
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A fresh `redis-server` with the project's redis.conf, its own port and data directory."""
+    server = RedisProcess(data_dir=tmp_path / "redis")
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisProcess) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[FakeSlack]:
+    fake = FakeSlack().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def settings(redis_server: RedisProcess, fake_slack: FakeSlack) -> Settings:
+    return Settings(
+        redis_url=redis_server.url,
+        slack_signing_secret=SIGNING_SECRET,
+        slack_bot_token=BOT_TOKEN,
+        slack_api_url=fake_slack.base_url,
+        log_format="console",
+    )

@@ -1,0 +1,125 @@
+"""A loopback stand-in for the Slack Web API: the only fake the tests allow.
+
+It speaks the wire format slack-sdk expects (`POST /api/<method>`, JSON `{"ok": ...}` bodies,
+`ok:false` errors, HTTP 429 with `Retry-After`, 5xx) and records every call it receives.
+Scripted responses are consumed per method in order; after them every call succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl
+
+
+@dataclass
+class Call:
+    method: str
+    args: dict[str, Any]
+    headers: dict[str, str]
+    at: float
+
+
+@dataclass
+class Scripted:
+    """One scripted answer: an HTTP status, a JSON body and extra headers."""
+
+    status: int = 200
+    body: dict[str, Any] = field(default_factory=lambda: {"ok": True})
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def slack_error(error: str) -> Scripted:
+    return Scripted(200, {"ok": False, "error": error})
+
+
+def rate_limited(retry_after: int) -> Scripted:
+    return Scripted(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(retry_after)})
+
+
+def server_error(status: int = 500) -> Scripted:
+    return Scripted(status, {"ok": False, "error": "fatal_error"})
+
+
+class FakeSlack:
+    """Run with `start()`; point `SLACK_API_URL` at `base_url`; read `calls`."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self._script: dict[str, list[Scripted]] = {}
+        self._lock = threading.Lock()
+        self._ts = 1_700_000_000
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/api/"
+
+    def start(self) -> FakeSlack:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def script(self, method: str, *answers: Scripted) -> None:
+        with self._lock:
+            self._script.setdefault(method, []).extend(answers)
+
+    def calls_to(self, method: str) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if c.method == method]
+
+    def wait_for_calls(self, method: str, count: int, timeout: float = 15.0) -> list[Call]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            calls = self.calls_to(method)
+            if len(calls) >= count:
+                return calls
+            time.sleep(0.02)
+        raise AssertionError(f"expected {count} {method} calls, got {len(self.calls_to(method))}")
+
+    def _answer(self, method: str, args: dict[str, Any], headers: dict[str, str]) -> Scripted:
+        with self._lock:
+            self.calls.append(Call(method, args, headers, time.time()))
+            queued = self._script.get(method)
+            if queued:
+                return queued.pop(0)
+            self._ts += 1
+        if method == "chat.postMessage":
+            return Scripted(200, {"ok": True, "channel": args.get("channel"),
+                                  "ts": f"{self._ts}.000100", "message": {"text": args.get("text")}})
+        if method == "auth.test":
+            return Scripted(200, {"ok": True, "team_id": "T000FAKE", "user_id": "U000BOT"})
+        return Scripted()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length).decode()
+                ctype = self.headers.get("Content-Type", "")
+                args = json.loads(raw or "{}") if "json" in ctype else dict(parse_qsl(raw))
+                method = self.path.rsplit("/", 1)[-1]
+                answer = fake._answer(method, args, dict(self.headers))
+                body = json.dumps(answer.body).encode()
+                self.send_response(answer.status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        return Handler

@@ -1,0 +1,50 @@
+"""Settings: read from the environment once; a missing or bad variable is named in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from slackq.errors import ConfigError
+from slackq.settings import load_settings
+from tests.processes import process_env
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("REDIS_URL", "PORT", "QUEUE_NAME", "QUEUE_PREFIX", "WORKER_CONCURRENCY",
+                 "LOG_FORMAT", "LOG_LEVEL", "SLACK_API_URL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert settings.redis_url == "redis://localhost:6379/0"
+    assert settings.slack_api_url == "https://slack.com/api/"
+    assert (settings.port, settings.queue_name, settings.queue_prefix) == (3000, "slack-events", "bull")
+    assert (settings.worker_concurrency, settings.log_format, settings.log_level) == (10, "json", "info")
+
+
+def test_missing_secret_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLACK_SIGNING_SECRET", raising=False)
+    with pytest.raises(ConfigError, match="SLACK_SIGNING_SECRET"):
+        load_settings(require=("SLACK_SIGNING_SECRET",))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PORT", "eighty"), ("REDIS_URL", "http://localhost"), ("WORKER_CONCURRENCY", "0"),
+     ("LOG_FORMAT", "xml"), ("QUEUE_NAME", "a:b")],
+)
+def test_malformed_variable_is_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        load_settings()
+
+
+@pytest.mark.parametrize(("module", "variable"), [("producers", "SLACK_SIGNING_SECRET"),
+                                                   ("worker", "SLACK_BOT_TOKEN")])
+def test_entry_point_stops_with_one_line(module: str, variable: str) -> None:
+    result = subprocess.run([sys.executable, "-m", module], env=process_env(),
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert variable in result.stderr
