@@ -29,13 +29,14 @@ def validate_job_id(job_id: str) -> str:
     """Return `job_id` if both BullMQ for Node and the Python port accept it.
 
     Node BullMQ rejects ids that parse as integers (they collide with its own counter ids) and ids
-    containing ':' (the key separator); the Python port checks neither.
+    containing ':' (the key separator); the Python port checks neither. Node's integer test is
+    `String(parseInt(id, 10)) === id`, which also refuses the id "NaN".
     """
     if not job_id:
         raise InvalidJobId("job id is empty")
     if ":" in job_id:
         raise InvalidJobId(f"job id {job_id!r} contains ':'")
-    if job_id.lstrip("-").isdigit():
+    if job_id.lstrip("-").isdigit() or job_id == "NaN":
         raise InvalidJobId(f"job id {job_id!r} is integer-like")
     return job_id
 
