@@ -1,0 +1,236 @@
+"""Node BullMQ 6.7.0 and slackq on the same queue, both directions, with real processes.
+
+slackq's producer (the real webhook app, in process) and worker (`run_worker`, in process) talk to
+Node scripts from tests/node/interop/ through a fresh redis-server per test; Slack is the loopback
+stand-in. Retries are followed with `drive_retries`: the first backoff is waited for real, later
+ones are promoted with BullMQ's own `promote` once their delay is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from bullmq import Job, Queue
+
+from producers.app import create_app
+from slackq.contract import job_options
+from slackq.settings import Settings
+from tests.fake_slack import FakeSlack, server_error
+from tests.interop import (
+    RetryTrace,
+    drive_retries,
+    node_config,
+    node_script,
+    node_skip_reason,
+    stored_job,
+    until,
+)
+from tests.slack_requests import BOT_TOKEN, app_mention_envelope, encode, signed_headers
+from worker.handlers import default_registry
+from worker.runner import WorkerOptions, run_worker
+
+pytestmark = [
+    pytest.mark.interop,
+    pytest.mark.skipif(node_skip_reason() is not None, reason=str(node_skip_reason())),
+]
+
+DAY_SECONDS = 86_400
+
+
+@pytest.fixture
+async def aredis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def bull_queue(settings: Settings) -> AsyncIterator[Queue]:
+    """The Python port's Queue on slackq's queue: only used to promote retries and read jobs."""
+    queue = Queue(settings.queue_name, {"connection": settings.redis_url,
+                                        "prefix": settings.queue_prefix})
+    yield queue
+    await queue.close()
+
+
+@asynccontextmanager
+async def webhook(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """slackq's real webhook app in process, lifespan included (it owns the producer's Queue)."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://slackq.test"
+    ) as client:
+        yield client
+
+
+async def post_event(client: httpx.AsyncClient, payload: dict[str, Any]) -> None:
+    body = encode(payload)
+    response = await client.post("/slack/events", content=body, headers=signed_headers(body))
+    assert response.status_code == 200, response.text
+
+
+@asynccontextmanager
+async def slackq_worker(settings: Settings) -> AsyncIterator[None]:
+    """slackq's worker (default handler registry) in process; stopped like SIGTERM would."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_worker(settings, default_registry(), WorkerOptions(grace_seconds=5.0), stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+def config(settings: Settings, **extra: Any) -> dict[str, Any]:
+    return node_config(settings.redis_url, settings.queue_name, settings.queue_prefix, **extra)
+
+
+def expected_delays(opts: dict[str, Any]) -> list[tuple[int, int]]:
+    """The (min, max) delay of each retry the job's own backoff option asks for.
+
+    BullMQ's exponential backoff is `round(2 ** (attemptsMade - 1) * delay)`; with a `jitter` j
+    (Node only honours it) the delay is drawn from [(1 - j) * that, that].
+    """
+    backoff = opts["backoff"]
+    assert backoff["type"] == "exponential", backoff
+    jitter = float(backoff.get("jitter", 0))
+    bounds = []
+    for attempt in range(1, opts["attempts"]):
+        top = round(2 ** (attempt - 1) * backoff["delay"])
+        bounds.append((int(top * (1 - jitter)), top))
+    return bounds
+
+
+def assert_slackq_backoff(trace: RetryTrace, opts: dict[str, Any]) -> None:
+    bounds = expected_delays(opts)
+    assert len(trace.delays_ms) == len(bounds) == opts["attempts"] - 1
+    for delay, (low, high) in zip(trace.delays_ms, bounds, strict=True):
+        assert low <= delay <= high, (trace.delays_ms, bounds)
+    # The first retry really waited its delay (promotion only shortened the later ones).
+    assert trace.first_retry_waited_ms >= trace.delays_ms[0]
+
+
+async def assert_failed_and_kept_24h(aredis: aioredis.Redis, settings: Settings,
+                                     trace: RetryTrace, opts: dict[str, Any]) -> None:
+    job = trace.final
+    assert job.state == "failed"
+    assert job.attempts_made == opts["attempts"]
+    assert job.opts["removeOnFail"] == {"age": DAY_SECONDS}
+    # Retention by age is applied by BullMQ when later jobs finish; nothing expires the hash.
+    key = f"{settings.queue_prefix}:{settings.queue_name}:{job.id}"
+    assert await aredis.ttl(key) == -1
+
+
+async def test_node_worker_sees_the_webhooks_job_as_slackq_enqueued_it(
+    settings: Settings, aredis: aioredis.Redis, bull_queue: Queue
+) -> None:
+    envelope = app_mention_envelope("Ev0INTEROP01")
+    expected = job_options("Ev0INTEROP01")
+    async with node_script("worker", config(settings, mode="complete", limit=1)) as node:
+        async with webhook(settings) as client:
+            await post_event(client, envelope)
+        messages = await node.finish()
+
+    [seen] = [m for m in messages if m["event"] == "process"]
+    assert seen["id"] == "Ev0INTEROP01"
+    assert seen["name"] == "app_mention"
+    assert seen["data"] == envelope
+    assert seen["attemptsMade"] == 0
+    for option in ("attempts", "backoff", "removeOnComplete", "removeOnFail", "deduplication"):
+        assert seen["opts"][option] == expected[option], option
+    # Node's completion is readable by the Python port as well.
+    job = await Job.fromId(bull_queue, "Ev0INTEROP01")
+    assert job is not None and job.returnvalue == {"handledBy": "node", "id": "Ev0INTEROP01"}
+    assert (await stored_job(aredis, settings.queue_prefix, settings.queue_name,
+                             "Ev0INTEROP01")).state == "completed"
+
+
+async def test_slackq_worker_replies_to_a_job_node_enqueued_in_the_documented_shape(
+    settings: Settings, aredis: aioredis.Redis, fake_slack: FakeSlack
+) -> None:
+    envelope = app_mention_envelope("Ev0INTEROP02", thread_ts="1700000000.000042")
+    jobs = [{"name": "app_mention", "data": envelope, "opts": job_options("Ev0INTEROP02")}]
+    async with node_script("producer", config(settings, jobs=jobs)) as node:
+        messages = await node.finish()
+    assert [m["id"] for m in messages if m["event"] == "added"] == ["Ev0INTEROP02"]
+
+    async with slackq_worker(settings):
+        job = await until(lambda: _finished(aredis, settings, "Ev0INTEROP02"), 15,
+                          "the Node job to finish")
+    [call] = fake_slack.calls_to("chat.postMessage")
+    assert call.args["channel"] == "C0CHAN001"
+    assert call.args["thread_ts"] == "1700000000.000042"
+    assert call.headers["Authorization"] == f"Bearer {BOT_TOKEN}"
+    assert job.state == "completed"
+    assert job.returnvalue["channel"] == "C0CHAN001"
+
+
+async def test_node_worker_failing_a_slackq_job_retries_with_slackq_backoff(
+    settings: Settings, aredis: aioredis.Redis, bull_queue: Queue
+) -> None:
+    opts = job_options("Ev0INTEROP03")
+    worker_config = config(settings, mode="fail", failMessage="node says no", limit=1)
+    async with node_script("worker", worker_config) as node:
+        async with webhook(settings) as client:
+            await post_event(client, app_mention_envelope("Ev0INTEROP03"))
+        trace = await drive_retries(aredis, settings.queue_prefix, bull_queue, "Ev0INTEROP03")
+        messages = await node.finish()
+
+    assert_slackq_backoff(trace, opts)
+    await assert_failed_and_kept_24h(aredis, settings, trace, opts)
+    assert trace.final.failed_reason == "node says no"
+    assert [m["attemptsMade"] for m in messages if m["event"] == "process"] == [0, 1, 2, 3, 4]
+
+
+async def test_slackq_worker_failing_a_node_job_retries_with_its_backoff(
+    settings: Settings, aredis: aioredis.Redis, bull_queue: Queue, fake_slack: FakeSlack
+) -> None:
+    opts = job_options("Ev0INTEROP04")
+    fake_slack.script("chat.postMessage", *[server_error(500) for _ in range(opts["attempts"])])
+    jobs = [{"name": "app_mention", "data": app_mention_envelope("Ev0INTEROP04"), "opts": opts}]
+    async with node_script("producer", config(settings, jobs=jobs)) as node:
+        await node.finish()
+
+    async with slackq_worker(settings):
+        trace = await drive_retries(aredis, settings.queue_prefix, bull_queue, "Ev0INTEROP04")
+
+    assert_slackq_backoff(trace, opts)
+    await assert_failed_and_kept_24h(aredis, settings, trace, opts)
+    assert "fatal_error" in str(trace.final.failed_reason)
+    assert len(fake_slack.calls_to("chat.postMessage")) == opts["attempts"]
+
+
+async def test_node_queue_events_sees_slackq_completions_and_failures(
+    settings: Settings, aredis: aioredis.Redis, bull_queue: Queue, fake_slack: FakeSlack
+) -> None:
+    attempts = job_options("Ev0INTEROP05")["attempts"]
+    async with node_script("events", config(settings, limit=2)) as events:
+        await events.wait_for("ready")
+        async with webhook(settings) as client, slackq_worker(settings):
+            await post_event(client, app_mention_envelope("Ev0INTEROP05"))
+            await events.wait_for("completed")
+            fake_slack.script("chat.postMessage", *[server_error(503) for _ in range(attempts)])
+            await post_event(client, app_mention_envelope("Ev0INTEROP06", ts="1700000002.000100"))
+            await drive_retries(aredis, settings.queue_prefix, bull_queue, "Ev0INTEROP06")
+        messages = await events.finish()
+
+    [completed] = [m for m in messages if m["event"] == "completed"]
+    assert completed["jobId"] == "Ev0INTEROP05"
+    assert completed["returnvalue"]["channel"] == "C0CHAN001"
+    [failed] = [m for m in messages if m["event"] == "failed"]
+    assert failed["jobId"] == "Ev0INTEROP06"
+    assert "fatal_error" in failed["failedReason"]
+    assert [m["attemptsMade"] for m in messages if m["event"] == "retries-exhausted"] == [attempts]
+    assert len([m for m in messages if m["event"] == "delayed"]) == attempts - 1
+
+
+async def _finished(aredis: aioredis.Redis, settings: Settings, job_id: str) -> Any:
+    job = await stored_job(aredis, settings.queue_prefix, settings.queue_name, job_id)
+    return job if job.state in ("completed", "failed") else None
