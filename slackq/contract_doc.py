@@ -1,0 +1,221 @@
+"""Generate docs/job-contract.md, the job contract the TypeScript services rely on.
+
+    python -m slackq.contract_doc            write docs/job-contract.md and docs/schemas/*.json
+    python -m slackq.contract_doc --check    exit 1 if a file is not what the code generates
+
+Everything in the document comes from the code: queue defaults from `Settings`, options from
+`slackq.contract.job_options`, handled names from the worker's default registry, data schemas from
+pydantic models. A test keeps the committed file equal to the generated one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from slackq import contract
+from slackq.settings import Settings
+
+DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
+TEMPLATE_PATH = Path(__file__).resolve().parent / "job_contract.md.tmpl"
+NODE_BULLMQ = "6.7.0"
+
+
+class _SlackModel(BaseModel):
+    # Slack adds fields without notice: keep everything as received, document what is relied on.
+    model_config = ConfigDict(extra="allow")
+
+
+class Authorization(_SlackModel):
+    team_id: str | None = None
+    user_id: str | None = None
+    is_bot: bool | None = None
+
+
+class InnerEvent(_SlackModel):
+    """The inner `event` of an Events API callback; `type` becomes the job name."""
+
+    type: str
+    event_ts: str | None = None
+
+
+class AppMentionEvent(InnerEvent):
+    """`app_mention`: what the built-in handler reads to reply in the thread."""
+
+    type: Literal["app_mention"]
+    user: str | None = None
+    text: str
+    ts: str
+    channel: str
+    thread_ts: str | None = None
+
+
+class EventCallback(_SlackModel):
+    """Job data for Events API jobs: Slack's `event_callback` envelope exactly as received."""
+
+    type: Literal["event_callback"]
+    team_id: str
+    api_app_id: str
+    event: InnerEvent
+    event_id: str
+    event_time: int
+    authorizations: list[Authorization] | None = None
+
+
+class AppMentionCallback(EventCallback):
+    """Job data for `app_mention` jobs."""
+
+    event: AppMentionEvent
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """One family of job names the producers put on the queue."""
+
+    name: str
+    produced_by: str
+    job_id: str
+    data: type[BaseModel]
+    returns: str
+
+
+JOB_KINDS = (
+    JobKind(
+        name="`app_mention`",
+        produced_by="`POST /slack/events`, `event_callback` whose `event.type` is `app_mention`",
+        job_id="`event_id` (e.g. `Ev0123ABCD`)",
+        data=AppMentionCallback,
+        returns='`{"channel": "C…", "ts": "1700000000.000100"}` (the reply posted in the thread)',
+    ),
+    JobKind(
+        name="any other Events API type (`message`, `reaction_added`, …): `event.type`",
+        produced_by="`POST /slack/events`, `event_callback`",
+        job_id="`event_id`",
+        data=EventCallback,
+        returns='`{"ignored": true, "reason": "no handler for <name>"}` unless a handler is added',
+    ),
+)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2)
+
+
+def _json_inline(value: Any) -> str:
+    return json.dumps(value, separators=(", ", ": "))
+
+
+_JOB_ID_PLACEHOLDER = "<job id>"
+
+
+def _js(value: Any) -> str:
+    """A JSON value as a TypeScript literal; the id placeholder becomes `envelope.event_id`."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{key}: {_js(item)}" for key, item in value.items()) + " }"
+    if value == _JOB_ID_PLACEHOLDER:
+        return "envelope.event_id"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "\\'") + "'"
+    return json.dumps(value)
+
+
+def _handled_names() -> list[str]:
+    # Imported here: the worker package depends on slackq, not the other way round.
+    from worker.handlers import default_registry
+
+    return default_registry().names()
+
+
+def _names_table() -> str:
+    return "\n".join(
+        f"| {kind.name} | {kind.produced_by} | {kind.job_id} | "
+        f"[{kind.data.__name__}](#{kind.data.__name__.lower()}) | {kind.returns} |"
+        for kind in JOB_KINDS
+    )
+
+
+def json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON Schema, with its dialect and a stable `$id`."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"slackq/{model.__name__}.schema.json", **model.model_json_schema()}
+
+
+def _data_models() -> list[type[BaseModel]]:
+    return list(dict.fromkeys(kind.data for kind in JOB_KINDS))
+
+
+def _schemas() -> str:
+    sections = []
+    for model in _data_models():
+        sections.append(f"### {model.__name__}\n\n{(model.__doc__ or '').strip()} Also in "
+                        f"`docs/schemas/{model.__name__}.schema.json`.\n\n"
+                        f"```json\n{_json(json_schema(model))}\n```")
+    return "\n\n".join(sections)
+
+
+def generated_files(docs_dir: Path = DOCS_DIR) -> dict[Path, str]:
+    """Every generated file and its content: the contract and one JSON Schema per data model."""
+    files = {docs_dir / "job-contract.md": render()}
+    for model in _data_models():
+        files[docs_dir / "schemas" / f"{model.__name__}.schema.json"] = (
+            _json(json_schema(model)) + "\n")
+    return files
+
+
+def default_settings() -> Settings:
+    """Settings with every default and nothing from the environment: the documented values."""
+    return Settings.model_construct()
+
+
+def render(settings: Settings | None = None) -> str:
+    """The whole document as markdown."""
+    settings = settings or default_settings()
+    options = contract.job_options(_JOB_ID_PLACEHOLDER)
+    delays = (round(2 ** (n - 1) * contract.BACKOFF_DELAY_MS) for n in range(1, contract.ATTEMPTS))
+    template = Template(TEMPLATE_PATH.read_text())
+    return template.substitute(
+        node_bullmq=NODE_BULLMQ,
+        queue=settings.queue_name,
+        prefix=settings.queue_prefix,
+        names_table=_names_table(),
+        handled=", ".join(f"`{name}`" for name in _handled_names()),
+        options_json=_json(options),
+        options_ts="\n".join(f"  {key}: {_js(value)}," for key, value in options.items()),
+        attempts=contract.ATTEMPTS,
+        backoff_delay=contract.BACKOFF_DELAY_MS,
+        backoff_series=", ".join(str(delay) for delay in delays),
+        remove_on_complete=_json_inline(contract.REMOVE_ON_COMPLETE),
+        remove_on_fail=_json_inline(contract.REMOVE_ON_FAIL),
+        dedup_ttl=contract.DEDUPLICATION_TTL_MS,
+        schemas=_schemas(),
+    ).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m slackq.contract_doc", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="fail if a file is out of date")
+    parser.add_argument("--docs-dir", type=Path, default=DOCS_DIR)
+    args = parser.parse_args(argv)
+    files = generated_files(args.docs_dir)
+    if args.check:
+        stale = [path for path, text in files.items()
+                 if not path.exists() or path.read_text() != text]
+        for path in stale:
+            print(f"{path} is out of date: run python -m slackq.contract_doc", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

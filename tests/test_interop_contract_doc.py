@@ -1,0 +1,50 @@
+"""The written job contract (docs/job-contract.md, docs/schemas/) is what the code does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from slackq.contract import job_options
+from slackq.contract_doc import (
+    DOCS_DIR,
+    JOB_KINDS,
+    AppMentionCallback,
+    EventCallback,
+    generated_files,
+    main,
+)
+from tests.slack_requests import app_mention_envelope
+from worker.handlers import default_registry
+
+
+def test_committed_contract_is_what_the_code_generates() -> None:
+    assert main(["--check"]) == 0, "run: python -m slackq.contract_doc"
+
+
+def test_check_detects_a_stale_contract(tmp_path: Path) -> None:
+    assert main(["--docs-dir", str(tmp_path)]) == 0
+    assert main(["--check", "--docs-dir", str(tmp_path)]) == 0
+    contract = tmp_path / "job-contract.md"
+    contract.write_text(contract.read_text().replace('"attempts": 5', '"attempts": 3'))
+    assert main(["--check", "--docs-dir", str(tmp_path)]) == 1
+
+
+def test_contract_shows_the_options_every_job_carries() -> None:
+    text = generated_files()[DOCS_DIR / "job-contract.md"]
+    options = job_options("<job id>")
+    assert f"```json\n{json.dumps(options, indent=2)}\n```" in text
+
+
+def test_every_handled_name_is_documented() -> None:
+    documented = " ".join(kind.name for kind in JOB_KINDS)
+    for name in default_registry().names():
+        assert f"`{name}`" in documented
+
+
+def test_schemas_accept_the_payloads_the_producer_stores() -> None:
+    envelope = app_mention_envelope("Ev0DOC0001", thread_ts="1700000000.000001")
+    assert AppMentionCallback.model_validate(envelope).model_dump(exclude_unset=True) == envelope
+    reaction = {**envelope, "event": {"type": "reaction_added", "reaction": "eyes",
+                                      "event_ts": "1700000000.000200"}}
+    assert EventCallback.model_validate(reaction).model_dump(exclude_unset=True) == reaction
