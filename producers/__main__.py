@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import uvicorn
 
 from producers.app import create_app
-from slackq.errors import ConfigError
+from slackq.errors import ConfigError, RedisMisconfigured
 from slackq.logging import configure_logging
+from slackq.preflight import check_credentials
 from slackq.settings import load_settings
 
 
@@ -19,6 +21,11 @@ def main() -> int:
         print(f"slackq web: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    try:
+        asyncio.run(check_credentials(settings.redis_url))  # wrong password/TLS: one line, exit 2
+    except RedisMisconfigured as exc:
+        print(f"slackq web: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run(
         create_app(settings),
         host="0.0.0.0",  # noqa: S104 - a dyno must listen on all interfaces

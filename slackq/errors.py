@@ -15,3 +15,7 @@ class RedisUnavailable(SlackqError):
 
 class RedisMisconfigured(SlackqError):
     """Redis answers, but is set up in a way that would lose jobs (e.g. an evicting policy)."""
+
+
+class RedisAuthFailed(RedisMisconfigured):
+    """Redis refused the credentials or the TLS handshake of `REDIS_URL`: retrying cannot help."""

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=10, ge=1, le=1000)
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    # The worker serves Prometheus metrics on this port when set (docker-compose uses 9100).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # Development only: let the worker start on a Redis whose maxmemory-policy may evict jobs.
     allow_eviction: bool = Field(default=False, validation_alias="SLACKQ_ALLOW_EVICTION")
 

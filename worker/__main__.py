@@ -7,6 +7,7 @@ import sys
 
 from slackq.errors import ConfigError, RedisMisconfigured
 from slackq.logging import configure_logging
+from slackq.preflight import check_credentials
 from slackq.settings import load_settings
 from worker.handlers import default_registry
 from worker.runner import WorkerOptions, run_worker
@@ -21,6 +22,7 @@ def main() -> int:
     configure_logging(settings.log_format, settings.log_level)
     options = WorkerOptions(allow_eviction=settings.allow_eviction)
     try:
+        asyncio.run(check_credentials(settings.redis_url))  # wrong password/TLS: one line, exit 2
         asyncio.run(run_worker(settings, default_registry(), options))
     except RedisMisconfigured as exc:
         print(f"slackq worker: {exc}", file=sys.stderr)

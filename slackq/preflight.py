@@ -1,0 +1,75 @@
+"""Start-up checks that fail fast, in one line, on what retrying cannot fix.
+
+A wrong password, an ACL user without the rights BullMQ needs, or a TLS certificate the client
+cannot verify would otherwise surface as a stack trace, or as a web process that answers 503
+forever. An unreachable Redis is not fatal here: it may still be starting, and both processes
+recover once it answers.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
+
+from slackq.connection import redis_kwargs
+from slackq.errors import RedisAuthFailed
+from slackq.logging import redact
+
+
+def redis_location(url: str) -> str:
+    """`user@host:port/db` for messages: never the password."""
+    kwargs = redis_kwargs(url)
+    where = kwargs.get("unix_socket_path") or f"{kwargs.get('host', 'localhost')}:" \
+        f"{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+    user = kwargs.get("username")
+    scheme = url.split("://", 1)[0]
+    return f"{scheme}://{user + '@' if user else ''}{where}"
+
+
+def describe(url: str, exc: BaseException) -> str:
+    """One line naming the server (without password) and what went wrong."""
+    detail = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    return f"Redis at {redis_location(url)}: {detail}"
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "SSL" in str(exc)
+
+
+async def check_credentials(url: str, *, wait_seconds: float = 5.0) -> bool:
+    """PING with the URL's credentials; return whether Redis answered.
+
+    Raise RedisAuthFailed (one line, no password) when Redis refuses the credentials, denies the
+    user PING/INFO, or the TLS handshake fails. Return False when it is merely unreachable.
+    """
+    client = aioredis.Redis(**redis_kwargs(url), socket_timeout=wait_seconds,
+                            socket_connect_timeout=wait_seconds, retry=Retry(NoBackoff(), 0))
+    try:
+        await client.ping()
+        await client.info("server")
+    except (AuthenticationError, NoPermissionError) as exc:
+        raise RedisAuthFailed(
+            f"{describe(url, exc)} (check the user and password in REDIS_URL)") from exc
+    except ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            raise RedisAuthFailed(
+                f"{describe(url, exc)} (REDIS_URL needs a password)") from exc
+        raise
+    except (RedisError, OSError) as exc:
+        if _is_tls_failure(exc):
+            raise RedisAuthFailed(
+                f"{describe(url, exc)} (TLS handshake failed: check rediss:// and ssl_ca_certs)"
+            ) from exc
+        return False
+    finally:
+        await client.aclose()
+    return True

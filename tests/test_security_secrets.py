@@ -1,0 +1,85 @@
+"""Secrets never reach logs or error messages: the logs of a full run of the real processes, at
+debug level, with failures, retries, rejections and refused start-ups, are searched for them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from slackq.embedded import RedisProcess
+from tests.fake_slack import FakeSlack, rate_limited, slack_error
+from tests.processes import process_env
+from tests.security_support import procfile_stack, start_fails
+from tests.slack_requests import (
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    app_mention_envelope,
+    encode,
+    signed_headers,
+)
+
+REDIS_PASSWORD = "redis-pw-5d1e0b7c9a"
+MESSAGE_TEXT = "<@U0BOT> the private body text 0xBEEF"
+SECRETS = {
+    "redis password": REDIS_PASSWORD,
+    "bot token": BOT_TOKEN,
+    "bot token tail": BOT_TOKEN.split("-", 2)[2],
+    "signing secret": SIGNING_SECRET,
+    "legacy verification token": "legacy-verification-token",
+    "message body": "private body text",
+}
+
+
+def assert_no_secret(output: str, where: str) -> None:
+    assert output.strip(), f"{where}: nothing captured, the search would prove nothing"
+    for name, value in SECRETS.items():
+        assert value not in output, f"{name} leaked in {where}:\n{output[-3000:]}"
+
+
+def test_no_secret_in_the_logs_of_a_full_run(fake_slack: FakeSlack, tmp_path: Path) -> None:
+    (tmp_path / "refused").mkdir()
+    server = RedisProcess(data_dir=tmp_path / "redis", overrides={"requirepass": REDIS_PASSWORD})
+    server.start()
+    url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{server.port}/0"
+    try:
+        # 1st reply: an auth error (the kind whose message echoes request details), then a 429,
+        # then success: a failed attempt, a rate-limited attempt, a retry, a completion.
+        fake_slack.script("chat.postMessage", slack_error("invalid_auth"), rate_limited(1))
+        with procfile_stack(url, fake_slack, tmp_path, LOG_LEVEL="debug") as (base, web, worker):
+            def post(payload: dict[str, object], **headers: str) -> int:
+                body = encode(payload)
+                return httpx.post(f"{base}/slack/events", content=body,
+                                  headers={**signed_headers(body), **headers}, timeout=5
+                                  ).status_code
+
+            assert post(app_mention_envelope("Ev0SEC0001", text=MESSAGE_TEXT)) == 200
+            assert post(app_mention_envelope("Ev0SEC0002", text=MESSAGE_TEXT)) == 200
+            assert post(app_mention_envelope("Ev0SEC0003", text=MESSAGE_TEXT),
+                        **{"X-Slack-Signature": "v0=" + "0" * 64}) == 401
+            fake_slack.wait_for_calls("chat.postMessage", 4, timeout=40)
+            cli = [subprocess.run([str(Path(sys.executable).parent / "slackq"), *args],
+                                  env=process_env(REDIS_URL=url), capture_output=True,
+                                  text=True, timeout=30)
+                   for args in (["status"], ["doctor"], ["failed"])]
+        logs = {"web": web.output(), "worker": worker.output()}
+        # The run really logged what it should have: the search covers real events.
+        assert "job_enqueued" in logs["web"] and "slack_request_rejected" in logs["web"]
+        assert "job_failed" in logs["worker"] and "invalid_auth" in logs["worker"]
+        # slack-sdk's debug lines carry the request headers: the token had its chance to leak.
+        assert "Authorization" in logs["worker"]
+        for name, output in logs.items():
+            assert_no_secret(output, f"{name} log")
+        for done in cli:
+            assert_no_secret(done.stdout + done.stderr, f"slackq {done.args[1]}")
+        for process in ("web", "worker"):
+            wrong = url.replace(REDIS_PASSWORD, REDIS_PASSWORD[::-1])
+            code, output = start_fails(process, wrong, tmp_path / "refused")
+            assert code == 2
+            assert_no_secret(output.replace(REDIS_PASSWORD[::-1], ""), f"{process} start-up")
+            assert REDIS_PASSWORD[::-1] not in output
+    finally:
+        server.kill()
+    assert_no_secret((server.data_dir / "server.log").read_text(), "redis-server log")
