@@ -9,6 +9,7 @@ ones are promoted with BullMQ's own `promote` once their delay is recorded.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -234,3 +235,45 @@ async def test_node_queue_events_sees_slackq_completions_and_failures(
 async def _finished(aredis: aioredis.Redis, settings: Settings, job_id: str) -> Any:
     job = await stored_job(aredis, settings.queue_prefix, settings.queue_name, job_id)
     return job if job.state in ("completed", "failed") else None
+
+
+@pytest.mark.parametrize("finisher", ["node", "slackq"])
+async def test_failed_jobs_are_kept_24_hours_and_no_longer(
+    finisher: str, settings: Settings, aredis: aioredis.Redis, bull_queue: Queue,
+    fake_slack: FakeSlack,
+) -> None:
+    """`removeOnFail: {age: 86400}` is applied by whichever side fails the next job."""
+    base = f"{settings.queue_prefix}:{settings.queue_name}"
+    unrecoverable = config(settings, mode="unrecoverable", failMessage="no retry", limit=2)
+    async with node_script("worker", unrecoverable) as node:
+        async with webhook(settings) as client:
+            await post_event(client, app_mention_envelope("Ev0AGE25H"))
+            await post_event(client, app_mention_envelope("Ev0AGE23H"))
+        await node.finish()
+    # Make them 25 h and 23 h old: the failed set's score is the job's finishedOn.
+    now_ms = int(time.time() * 1000)
+    for job_id, hours in (("Ev0AGE25H", 25), ("Ev0AGE23H", 23)):
+        finished_on = now_ms - hours * 3_600_000
+        await aredis.zadd(f"{base}:failed", {job_id: finished_on})
+        await aredis.hset(f"{base}:{job_id}", "finishedOn", finished_on)
+
+    if finisher == "node":
+        async with node_script("worker", {**unrecoverable, "limit": 1}) as node:
+            async with webhook(settings) as client:
+                await post_event(client, app_mention_envelope("Ev0AGENOW"))
+            await node.finish()
+    else:
+        fake_slack.script("chat.postMessage", *[server_error(500) for _ in range(5)])
+        jobs = [{"name": "app_mention", "data": app_mention_envelope("Ev0AGENOW"),
+                 "opts": job_options("Ev0AGENOW")}]
+        async with node_script("producer", config(settings, jobs=jobs)) as node:
+            await node.finish()
+        async with slackq_worker(settings):
+            await drive_retries(aredis, settings.queue_prefix, bull_queue, "Ev0AGENOW")
+
+    async def state(job_id: str) -> str:
+        return (await stored_job(aredis, settings.queue_prefix, settings.queue_name, job_id)).state
+
+    assert await state("Ev0AGENOW") == "failed"
+    assert await state("Ev0AGE23H") == "failed"
+    assert await state("Ev0AGE25H") == "missing"

@@ -2,8 +2,9 @@
 // A Node BullMQ Worker on slackq's queue. Reports every job it is given (name, data, opts, ...)
 // as a JSON line, then completes it or throws, and exits after `limit` jobs reached a final state.
 //
-// config: { redisUrl, queue, prefix, mode: "complete" | "fail", failMessage?, limit, deadlineMs }
-const { Worker } = require('bullmq');
+// config: { redisUrl, queue, prefix, mode: "complete" | "fail" | "unrecoverable", failMessage?,
+//          limit, deadlineMs }
+const { Worker, UnrecoverableError } = require('bullmq');
 const { readConfig, connection, emit, exitAtDeadline, onStopSignal } = require('./common');
 
 const config = readConfig();
@@ -23,9 +24,9 @@ const worker = new Worker(
       attemptsStarted: job.attemptsStarted,
       processedOn: job.processedOn,
     });
-    if (config.mode === 'fail') {
-      throw new Error(config.failMessage || 'failed by the Node worker');
-    }
+    const message = config.failMessage || 'failed by the Node worker';
+    if (config.mode === 'fail') throw new Error(message);
+    if (config.mode === 'unrecoverable') throw new UnrecoverableError(message);
     return { handledBy: 'node', id: job.id };
   },
   { connection: connection(config.redisUrl), prefix: config.prefix, concurrency: 1 },
@@ -45,7 +46,8 @@ worker.on('completed', (job, returnvalue) => {
   finalState();
 });
 worker.on('failed', (job, err) => {
-  const final = job.attemptsMade >= (job.opts.attempts || 1);
+  // No retry left, or UnrecoverableError: BullMQ set finishedOn when it moved the job to failed.
+  const final = Boolean(job.finishedOn) || job.attemptsMade >= (job.opts.attempts || 1);
   emit({ event: 'failed', id: job.id, error: err.message, attemptsMade: job.attemptsMade, final });
   if (final) finalState();
 });
