@@ -277,3 +277,30 @@ async def test_failed_jobs_are_kept_24_hours_and_no_longer(
     assert await state("Ev0AGENOW") == "failed"
     assert await state("Ev0AGE23H") == "failed"
     assert await state("Ev0AGE25H") == "missing"
+
+
+async def test_redeliveries_are_deduplicated_across_implementations(
+    settings: Settings, aredis: aioredis.Redis
+) -> None:
+    """The same Slack delivery added by slackq and by Node (either order) is stored once."""
+    base = f"{settings.queue_prefix}:{settings.queue_name}"
+    via_slackq = app_mention_envelope("Ev0DEDUP01", text="first, via slackq")
+    via_node = app_mention_envelope("Ev0DEDUP02", text="first, via node")
+
+    def redelivered(envelope: dict[str, Any]) -> dict[str, Any]:
+        return {**envelope, "event": {**envelope["event"], "text": "redelivered"}}
+
+    jobs = [{"name": "app_mention", "data": data, "opts": job_options(data["event_id"])}
+            for data in (redelivered(via_slackq), via_node)]
+    async with webhook(settings) as client:
+        await post_event(client, via_slackq)
+        async with node_script("producer", config(settings, jobs=jobs)) as node:
+            added = [m for m in await node.finish() if m["event"] == "added"]
+        await post_event(client, redelivered(via_node))
+
+    assert [m["id"] for m in added] == ["Ev0DEDUP01", "Ev0DEDUP02"]
+    assert sorted(await aredis.lrange(f"{base}:wait", 0, -1)) == ["Ev0DEDUP01", "Ev0DEDUP02"]
+    for envelope in (via_slackq, via_node):
+        job = await stored_job(aredis, settings.queue_prefix, settings.queue_name,
+                               envelope["event_id"])
+        assert job.data == envelope, "the first delivery's data must be kept"
