@@ -28,7 +28,7 @@ def main() -> int:
         return 2
     uvicorn.run(
         create_app(settings),
-        host="0.0.0.0",  # noqa: S104 - a dyno must listen on all interfaces
+        host="0.0.0.0",  # a dyno must listen on all interfaces
         port=settings.port,
         proxy_headers=True,
         forwarded_allow_ips="*",

@@ -1,80 +1,151 @@
-"""The Slack webhook: verify, acknowledge only once the job is stored, enqueue for the worker."""
+"""The Slack webhook: verify, store the job, and only then acknowledge.
+
+Every request ends in one of: 2xx (the job is stored in Redis, or the request needs no job),
+a 4xx from `producers.errors` (bad input: nothing is stored), or 503 (the job could not be stored
+within the budget: Slack delivers it again). Routes:
+
+* `POST /slack/events`: Events API JSON (`producers.events`); a form posted here is dispatched
+  like the two endpoints below, for apps that point every Slack feature at one URL.
+* `POST /slack/commands`: slash commands (`producers.commands`).
+* `POST /slack/interactivity`: interactivity payloads (`producers.interactivity`).
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import structlog
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from producers.enqueue import Enqueuer
+from producers.body import FORM, JSON, media_type, parse_form, parse_json_object, read_body
+from producers.commands import command_job
+from producers.enqueue import EnqueuePolicy, Enqueuer
+from producers.errors import MalformedRequest, RequestRejected, Unauthorized
+from producers.events import event_outcome
+from producers.interactivity import interactive_job
+from producers.jobs import Outcome, SlackJob
+from producers.metrics import ProducerMetrics
 from producers.verify import RequestVerifier
-from slackq.contract import InvalidJobId
 from slackq.errors import RedisUnavailable
 from slackq.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"ok": False, "error": message}, status_code=status)
-
 
 async def slack_events(request: Request) -> Response:
-    """`POST /slack/events`: the Events API endpoint."""
-    state = request.app.state
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        return _error(413, "body too large")
-    if not state.verifier.is_valid(body, request.headers):
-        log.warning("slack_request_rejected", reason="bad_signature", path=request.url.path)
-        return _error(401, "invalid signature")
+    """`POST /slack/events`: the Events API (JSON); forms are dispatched by their fields."""
+    if media_type(request.headers, (JSON, FORM)) == FORM:
+        return await _form_request(request, _any_form_outcome)
+    body = await _verified_body(request)
+    outcome = event_outcome(parse_json_object(body), request.app.state.metrics)
+    return await _store(request, "event", outcome)
+
+
+async def slack_commands(request: Request) -> Response:
+    """`POST /slack/commands`: one job per slash-command invocation."""
+    media_type(request.headers, (FORM,))
+    return await _form_request(request, _command_outcome)
+
+
+async def slack_interactivity(request: Request) -> Response:
+    """`POST /slack/interactivity`: one job per interactivity payload."""
+    media_type(request.headers, (FORM,))
+    return await _form_request(request, _interactive_outcome)
+
+
+FormHandler = Callable[[Request, dict[str, str]], tuple[str, SlackJob]]
+
+
+async def _form_request(request: Request, handler: FormHandler) -> Response:
+    """A form request: Slack's `ssl_check`, or a verified form that `handler` turns into a job.
+
+    `ssl_check=1` (sent when a command URL is saved) gets 200 whatever its signature, as in Bolt:
+    it never becomes a job.
+    """
+    body = await read_body(request)
+    if _is_ssl_check(body):
+        return Response(status_code=200)
+    _verify(request, body)
+    kind, job = handler(request, parse_form(body))
+    return await _store(request, kind, job)
+
+
+def _command_outcome(request: Request, form: dict[str, str]) -> tuple[str, SlackJob]:
+    return "command", command_job(form, request.app.state.settings.command_ack_text)
+
+
+def _interactive_outcome(_request: Request, form: dict[str, str]) -> tuple[str, SlackJob]:
+    return "interactive", interactive_job(form)
+
+
+def _any_form_outcome(request: Request, form: dict[str, str]) -> tuple[str, SlackJob]:
+    # By field, never by searching the raw body: a command whose text mentions "payload=" is
+    # still a command (Bolt for Python's body parser gets this wrong).
+    if "command" in form:
+        return _command_outcome(request, form)
+    if "payload" in form:
+        return _interactive_outcome(request, form)
+    raise MalformedRequest("form is neither a slash command nor an interactivity payload")
+
+
+async def _verified_body(request: Request) -> bytes:
+    body = await read_body(request)
+    _verify(request, body)
+    return body
+
+
+def _verify(request: Request, body: bytes) -> None:
+    if not request.app.state.verifier.is_valid(body, request.headers):
+        raise Unauthorized("invalid or missing signature or timestamp")
+
+
+def _is_ssl_check(body: bytes) -> bool:
+    if b"ssl_check=1" not in body:
+        return False
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return _error(400, "body is not JSON")
-    if not isinstance(payload, dict):
-        return _error(400, "body is not a JSON object")
-    kind = payload.get("type")
-    if kind == "url_verification":
-        return JSONResponse({"challenge": payload.get("challenge")})
-    if kind == "event_callback":
-        return await _enqueue_event(state.enqueuer, payload, request)
-    log.info("slack_request_not_enqueued", type=str(kind)[:64])
-    return Response(status_code=200)
+        return parse_form(body).get("ssl_check") == "1"
+    except RequestRejected:
+        return False
 
 
-async def _enqueue_event(enqueuer: Enqueuer, payload: dict[str, Any], request: Request) -> Response:
-    event = payload.get("event")
-    event_id = payload.get("event_id")
-    if not isinstance(event, dict) or not isinstance(event_id, str) or not event.get("type"):
-        return _error(400, "event_callback without event or event_id")
-    name = str(event["type"])
-    with structlog.contextvars.bound_contextvars(
-        team_id=payload.get("team_id"), event_id=event_id, job_id=event_id
-    ):
+async def _store(request: Request, kind: str, outcome: Outcome) -> Response:
+    """Store the job (if any), then answer: the ack if stored, 503 if not."""
+    metrics: ProducerMetrics = request.app.state.metrics
+    if isinstance(outcome, Response):
+        metrics.requests.labels(kind, "answered").inc()
+        return outcome
+    with structlog.contextvars.bound_contextvars(**outcome.log_context, job_id=outcome.job_id):
         try:
-            job_id = await enqueuer.add(name, payload, event_id)
-        except InvalidJobId as exc:
-            return _error(400, str(exc))
+            stored_id = await request.app.state.enqueuer.add(outcome)
         except RedisUnavailable as exc:
-            log.error("job_not_stored", job_name=name, error=str(exc))
-            return _error(503, "could not store the event; please retry")
-        log.info(
-            "job_enqueued",
-            job_name=name,
-            retry_num=request.headers.get("x-slack-retry-num"),
-            stored_as=job_id,
-        )
-    return Response(status_code=200)
+            metrics.requests.labels(kind, "not_stored").inc()
+            log.error("job_not_stored", job_name=outcome.name, error=str(exc))
+            return JSONResponse({"ok": False, "error": "not_stored"}, status_code=503)
+        metrics.requests.labels(kind, "stored").inc()
+        log.info("job_stored", job_name=outcome.name, stored_as=stored_id,
+                 retry_num=request.headers.get("x-slack-retry-num"),
+                 retry_reason=request.headers.get("x-slack-retry-reason"))
+    return outcome.ack
+
+
+async def _rejected(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestRejected)
+    request.app.state.metrics.requests.labels("any", exc.reason).inc()
+    log.warning("slack_request_rejected", path=request.url.path, status=exc.status,
+                reason=exc.reason, detail=exc.message)
+    return JSONResponse({"ok": False, "error": exc.reason, "detail": exc.message},
+                        status_code=exc.status)
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"ok": False, "error": exc.detail}, status_code=exc.status_code,
+                        headers=exc.headers)
 
 
 async def health(_request: Request) -> Response:
@@ -82,12 +153,12 @@ async def health(_request: Request) -> Response:
     return JSONResponse({"healthy": True})
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, policy: EnqueuePolicy | None = None) -> Starlette:
     """The ASGI app for `settings` (the web process reads them once, in `producers.__main__`)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.enqueuer = Enqueuer(settings)
+        app.state.enqueuer = Enqueuer(settings, policy)
         try:
             yield
         finally:
@@ -96,10 +167,15 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=[
             Route("/slack/events", slack_events, methods=["POST"]),
+            Route("/slack/commands", slack_commands, methods=["POST"]),
+            Route("/slack/interactivity", slack_interactivity, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
         ],
+        exception_handlers={RequestRejected: _rejected,
+                            HTTPException: _http_error},
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.verifier = RequestVerifier(settings.signing_secret())
+    app.state.metrics = ProducerMetrics()
     return app

@@ -1,14 +1,31 @@
-"""Putting jobs on the BullMQ queue, bounded in time: a 200 to Slack means the job is stored."""
+"""Putting jobs on the BullMQ queue within a time budget: a 200 to Slack means the job is stored.
+
+`Enqueuer.add` retries what may pass (connection refused or reset, a timeout, `LOADING`, a
+read-only replica during fail-over) with jittered exponential backoff, all inside one budget that
+keeps Slack's 3-second limit out of reach; then it gives up with `RedisUnavailable` (the webhook
+answers 503 and Slack redelivers). Retrying is safe: the job id makes a second `add` of a job that
+was in fact stored a no-op, and BullMQ's Lua script makes concurrent adds of one id store one job.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from dataclasses import dataclass
 
 import structlog
 from bullmq import Queue
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_before_delay,
+    wait_random_exponential,
+)
 
+from producers.jobs import SlackJob
 from slackq.connection import producer_client
 from slackq.contract import job_options
 from slackq.errors import RedisUnavailable
@@ -16,34 +33,69 @@ from slackq.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+# BusyLoadingError (LOADING) and MaxConnectionsError are ConnectionErrors.
+RETRYABLE: tuple[type[BaseException], ...] = (
+    RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError,
+)
+
+
+@dataclass(frozen=True)
+class EnqueuePolicy:
+    """How long one `add` may take in all, and how it retries within that time."""
+
+    budget_seconds: float = 2.0  # retries included; Slack gives up after 3 s
+    attempt_timeout: float = 0.5  # socket timeout of one Redis command (and of connecting)
+    backoff_seconds: float = 0.02  # first wait between attempts (jittered, doubling)
+    backoff_max_seconds: float = 0.25
+
+    def retrying(self) -> AsyncRetrying:
+        """A tenacity controller for one `add` (stops before a wait would overrun the budget)."""
+        return AsyncRetrying(
+            retry=retry_if_exception_type(RETRYABLE),
+            stop=stop_before_delay(self.budget_seconds - self.attempt_timeout),
+            wait=wait_random_exponential(multiplier=self.backoff_seconds,
+                                         max=self.backoff_max_seconds),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    log.warning("enqueue_retry", attempt=state.attempt_number, error=type(error).__name__)
+
 
 class Enqueuer:
-    """Owns the producer's BullMQ `Queue` and adds Slack jobs to it within a time budget."""
+    """Owns the producer's BullMQ `Queue` and stores Slack jobs on it within `policy`'s budget."""
 
-    def __init__(self, settings: Settings, *, budget_seconds: float = 2.0) -> None:
-        self._client = producer_client(settings.redis_url)
+    def __init__(self, settings: Settings, policy: EnqueuePolicy | None = None) -> None:
+        self.policy = policy or EnqueuePolicy()
+        self._client = producer_client(settings.redis_url, timeout=self.policy.attempt_timeout)
         self.queue = Queue(
             settings.queue_name,
             {"connection": self._client, "prefix": settings.queue_prefix},
         )
-        self.budget_seconds = budget_seconds
 
-    async def add(self, name: str, data: dict[str, Any], job_id: str) -> str:
-        """Store one job; return its id. Raise RedisUnavailable if it is not stored in the budget.
+    async def add(self, job: SlackJob) -> str:
+        """Store `job`; return the stored job's id. Raise RedisUnavailable if not stored in time.
 
-        The same `job_id` added twice returns the first job's id and stores nothing new.
+        A job whose id is already stored returns that id and stores nothing new.
         """
         try:
-            job = await asyncio.wait_for(
-                self.queue.add(name, data, job_options(job_id)), self.budget_seconds
-            )
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise RedisUnavailable(f"job {job_id} not stored: {type(exc).__name__}") from exc
-        return str(job.id)
+            async with asyncio.timeout(self.policy.budget_seconds):
+                async for attempt in self.policy.retrying():
+                    with attempt:
+                        stored = await self.queue.add(job.name, job.data, job_options(job.job_id))
+        except TimeoutError as exc:
+            raise RedisUnavailable(f"job {job.job_id} not stored within the budget") from exc
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"job {job.job_id} not stored: {type(exc).__name__}") from exc
+        return str(stored.id)
 
     async def ping(self) -> bool:
+        """Whether Redis answers PING within one attempt's timeout."""
         try:
-            return bool(await asyncio.wait_for(self._client.ping(), self.budget_seconds))
+            return bool(await asyncio.wait_for(self._client.ping(), self.policy.attempt_timeout))
         except (RedisError, OSError, TimeoutError):
             return False
 

@@ -5,7 +5,8 @@ Two corrections to the BullMQ port's defaults live here:
 * redis-py 8 sets a 5 s `socket_timeout`; BullMQ's idle blocking `BZPOPMIN` outlives it and new jobs
   then wait up to ~20 s before pickup. BullMQ connections get `socket_timeout=None`.
 * The port retries a failed command 20 times with backoff capped at 20 s (~350 s in all). A webhook
-  cannot wait that long, so the producer's client carries a short retry of its own.
+  cannot wait that long: the producer's client does not retry at all, and the webhook retries
+  `Queue.add` itself within a time budget (`producers/enqueue.py`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import BusyLoadingError, ResponseError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError
 
 from slackq.errors import RedisMisconfigured
 
@@ -45,15 +44,18 @@ def bullmq_connection(url: str) -> dict[str, Any]:
 
 
 def producer_client(url: str, *, timeout: float = 1.0) -> aioredis.Redis:
-    """A pooled client for enqueueing: short timeouts and a short retry, concurrent commands."""
+    """A pooled client for enqueueing: short timeouts, concurrent commands, no retry of its own.
+
+    The caller retries (redis-py's default would retry 3 times with up to 10 s of backoff, out
+    of reach of any time budget).
+    """
     return aioredis.Redis(
         **redis_kwargs(url),
         decode_responses=True,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         socket_keepalive=True,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
-        retry_on_error=[BusyLoadingError, RedisConnectionError, RedisTimeoutError],
+        retry=Retry(NoBackoff(), retries=0),
         max_connections=64,
     )
 

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     # The worker serves Prometheus metrics on this port when set (docker-compose uses 9100).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # The immediate reply to a stored slash command: empty (nothing shown) or ephemeral text.
+    command_ack_text: str = Field(default="", validation_alias="SLACKQ_COMMAND_ACK_TEXT")
     # Development only: let the worker start on a Redis whose maxmemory-policy may evict jobs.
     allow_eviction: bool = Field(default=False, validation_alias="SLACKQ_ALLOW_EVICTION")
 

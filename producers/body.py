@@ -1,0 +1,121 @@
+"""Reading and parsing a Slack request body: media type, a bounded read, strict JSON and forms.
+
+Everything here turns bad input into a `RequestRejected` with the right 4xx status, never into
+an unexpected exception: the webhook must answer every request it can read with 2xx, 4xx or 503.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, NoReturn
+from urllib.parse import parse_qsl
+
+from starlette.requests import ClientDisconnect, Request
+
+from producers.errors import BodyTooLarge, MalformedRequest, UnsupportedMediaType
+
+# Slack's own payloads stay far below this (a message event with many blocks is ~10-50 KB).
+# Larger requests are not Slack's: 413 before the whole body is read.
+MAX_BODY_BYTES = 1024 * 1024
+# Slack forms carry ~15 fields; a form with many more is not Slack's.
+MAX_FORM_FIELDS = 100
+# The longest name or id slackq puts into a job name, job id or log line.
+MAX_FIELD_CHARS = 255
+
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+
+
+def media_type(headers: Mapping[str, str], accepted: tuple[str, ...]) -> str:
+    """The request's media type (without parameters such as charset), if `accepted`; else 415."""
+    value = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if value not in accepted:
+        raise UnsupportedMediaType(f"content type must be {' or '.join(accepted)}")
+    return value
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The raw body (the signature covers these exact bytes), at most `limit` bytes; else 413."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not (declared.isascii() and declared.isdigit()):
+            raise MalformedRequest("malformed Content-Length")
+        if int(declared) > limit:
+            raise BodyTooLarge(f"body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"body larger than {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise MalformedRequest("client disconnected before the body was read") from None
+    return b"".join(chunks)
+
+
+def _no_constants(name: str) -> NoReturn:
+    # json accepts NaN/Infinity, but BullMQ serialises job data with allow_nan=False.
+    raise MalformedRequest(f"body is not JSON ({name} is not a JSON value)")
+
+
+def parse_json_object(raw: bytes | str, what: str = "body") -> dict[str, Any]:
+    """A JSON object, strictly (no NaN/Infinity); else 400."""
+    try:
+        value = json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        if isinstance(exc, MalformedRequest):
+            raise
+        raise MalformedRequest(f"{what} is not JSON") from None
+    if not isinstance(value, dict):
+        raise MalformedRequest(f"{what} is not a JSON object")
+    return value
+
+
+def parse_form(raw: bytes) -> dict[str, str]:
+    """An `application/x-www-form-urlencoded` body as a dict of strings; else 400.
+
+    Strict: UTF-8 only, every field `name=value`, no field repeated (Slack never repeats one, and
+    a repeated field would make the job's data ambiguous).
+    """
+    try:
+        text = raw.decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True,
+                          errors="strict", max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:  # also UnicodeDecodeError, and too many fields
+        raise MalformedRequest("body is not a UTF-8 form") from None
+    form = dict(pairs)
+    if len(form) != len(pairs):
+        raise MalformedRequest("form repeats a field")
+    return form
+
+
+def optional_text(source: Mapping[str, Any], key: str) -> str | None:
+    """`source[key]` if it is a short, printable, UTF-8-encodable, non-empty string; else None.
+
+    Job names and ids go through msgpack and Redis as UTF-8: a JSON `\\ud800` escape would make
+    them unencodable, so such a value counts as absent, never as a server error.
+    """
+    value = source.get(key)
+    if (isinstance(value, str) and 0 < len(value) <= MAX_FIELD_CHARS and value.isprintable()
+            and _encodable(value)):
+        return value
+    return None
+
+
+def required_text(source: Mapping[str, Any], key: str) -> str:
+    """`optional_text(source, key)`, or 400 when it is absent or not such a string."""
+    value = optional_text(source, key)
+    if value is None:
+        raise MalformedRequest(f"field {key!r} missing or not a short string")
+    return value
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

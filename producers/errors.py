@@ -1,0 +1,47 @@
+"""Errors of the producer side. Each bad request maps to one 4xx status; Redis trouble to 503."""
+
+from __future__ import annotations
+
+from slackq.errors import SlackqError
+
+
+class RequestRejected(SlackqError):
+    """A request slackq will not enqueue; `status` is the 4xx answer, `reason` a short code.
+
+    The message goes back to the caller as-is, so it never contains request data or a traceback.
+    """
+
+    status = 400
+    reason = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Unauthorized(RequestRejected):
+    """Missing, malformed or wrong signature, or a timestamp outside the 5-minute window."""
+
+    status = 401
+    reason = "invalid_signature"
+
+
+class MalformedRequest(RequestRejected):
+    """The body is not the JSON / form Slack sends, or lacks a field the job id comes from."""
+
+    status = 400
+    reason = "malformed"
+
+
+class BodyTooLarge(RequestRejected):
+    """The body is larger than `producers.body.MAX_BODY_BYTES`."""
+
+    status = 413
+    reason = "body_too_large"
+
+
+class UnsupportedMediaType(RequestRejected):
+    """The Content-Type is not one this endpoint accepts."""
+
+    status = 415
+    reason = "unsupported_media_type"
