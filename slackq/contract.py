@@ -15,6 +15,8 @@ from typing import Any
 
 ATTEMPTS = 5
 BACKOFF_DELAY_MS = 1_000
+# Node BullMQ applies `jitter` itself; slackq workers apply the same formula (worker/retry.py).
+BACKOFF_JITTER = 0.5
 # Slack redelivers a failed event up to ~6 minutes later; dedupe for an hour, past job removal.
 DEDUPLICATION_TTL_MS = 3_600_000
 REMOVE_ON_COMPLETE = {"age": 3600, "count": 1000}
@@ -47,7 +49,7 @@ def job_options(job_id: str) -> dict[str, Any]:
     return {
         "jobId": job_id,
         "attempts": ATTEMPTS,
-        "backoff": {"type": "exponential", "delay": BACKOFF_DELAY_MS},
+        "backoff": {"type": "exponential", "delay": BACKOFF_DELAY_MS, "jitter": BACKOFF_JITTER},
         "removeOnComplete": dict(REMOVE_ON_COMPLETE),
         "removeOnFail": dict(REMOVE_ON_FAIL),
         "deduplication": {"id": job_id, "ttl": DEDUPLICATION_TTL_MS},

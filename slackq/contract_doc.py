@@ -190,6 +190,7 @@ def render(settings: Settings | None = None) -> str:
         options_ts="\n".join(f"  {key}: {_js(value)}," for key, value in options.items()),
         attempts=contract.ATTEMPTS,
         backoff_delay=contract.BACKOFF_DELAY_MS,
+        backoff_jitter=contract.BACKOFF_JITTER,
         backoff_series=", ".join(str(delay) for delay in delays),
         remove_on_complete=_json_inline(contract.REMOVE_ON_COMPLETE),
         remove_on_fail=_json_inline(contract.REMOVE_ON_FAIL),

@@ -33,6 +33,15 @@ class Settings(BaseSettings):
     command_ack_text: str = Field(default="", validation_alias="SLACKQ_COMMAND_ACK_TEXT")
     # Development only: let the worker start on a Redis whose maxmemory-policy may evict jobs.
     allow_eviction: bool = Field(default=False, validation_alias="SLACKQ_ALLOW_EVICTION")
+    # Worker runtime (worker/runner.py explains the defaults; README "Retries, rate limits and
+    # shutdown").
+    worker_grace_seconds: float = Field(default=25.0, ge=0, le=3600)
+    worker_lock_duration_ms: int = Field(default=20_000, ge=100)
+    worker_stalled_interval_ms: int = Field(default=5_000, ge=100)
+    worker_run_retry_delay_ms: int = Field(default=1_000, ge=10)
+    # Outbound Slack pacing, calls per second; 0 turns a limit off.
+    worker_rate_per_channel: float = Field(default=1.0, ge=0)
+    worker_rate_per_team: float = Field(default=10.0, ge=0)
 
     @field_validator("redis_url")
     @classmethod

@@ -20,7 +20,7 @@ def main() -> int:
         print(f"slackq worker: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    options = WorkerOptions(allow_eviction=settings.allow_eviction)
+    options = WorkerOptions.from_settings(settings)
     try:
         asyncio.run(check_credentials(settings.redis_url))  # wrong password/TLS: one line, exit 2
         asyncio.run(run_worker(settings, default_registry(), options))

@@ -3,30 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
-from slack_sdk.web.async_client import AsyncWebClient
-from structlog.typing import FilteringBoundLogger
+from worker.context import JobContext
 
-
-@dataclass(frozen=True)
-class JobContext:
-    """What a handler gets: the job's name, id, attempt and data, a Slack client and a logger."""
-
-    name: str
-    job_id: str
-    attempt: int
-    data: dict[str, Any]
-    slack: AsyncWebClient
-    log: FilteringBoundLogger
-
-    @property
-    def event(self) -> dict[str, Any]:
-        """The inner Slack event of an Events API envelope."""
-        event = self.data.get("event")
-        return event if isinstance(event, dict) else {}
-
+__all__ = ["Handler", "HandlerRegistry", "JobContext"]
 
 Handler = Callable[[JobContext], Awaitable[Any]]
 

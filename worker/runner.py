@@ -2,66 +2,171 @@
 
 Shutdown follows saq's model: SIGTERM/SIGINT only set an event; the main coroutine then stops
 fetching, lets in-flight jobs finish within a grace period, force-closes, and closes connections.
+
+Composable for supervisors: `start_worker()` returns a running `WorkerRuntime` (several may share
+one event loop); `run_worker()` is start + wait for a stop event + `runtime.stop()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import signal
-from dataclasses import dataclass
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 from bullmq import Job, Worker
+from bullmq.custom_errors import DelayedError, UnrecoverableError
+from pydantic import ValidationError
+from redis.asyncio.retry import Retry
+from redis.backoff import EqualJitterBackoff
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from slackq.connection import bullmq_connection, require_noeviction
+from slackq.connection import bullmq_connection, redis_kwargs, require_noeviction
+from slackq.models import Envelope, parse_envelope, team_of
 from slackq.settings import Settings
-from worker.registry import HandlerRegistry, JobContext
+from worker.context import JobContext, JobSlack
+from worker.effects import EffectLog
+from worker.errors import Deferred, InvalidPayload, PacingLimited, PermanentError
+from worker.limiter import Limiter, Limits
+from worker.registry import HandlerRegistry
+from worker.retry import Backoff, backoff_delay_ms, defer_delay_ms, will_retry
+from worker.slack import make_client
 
 log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """Tuning that tests and operators may change; defaults suit a Heroku worker dyno."""
+    """Tuning that tests and operators may change; defaults suit a Heroku worker dyno.
+
+    README "Retries, rate limits and shutdown" explains each default.
+    """
 
     grace_seconds: float = 25.0
-    lock_duration_ms: int = 30_000
-    stalled_interval_ms: int = 30_000
+    lock_duration_ms: int = 20_000
+    stalled_interval_ms: int = 5_000
     run_retry_delay_ms: int = 1_000
+    max_stalled_count: int = 1
     allow_eviction: bool = False
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerOptions:
+        return cls(
+            grace_seconds=settings.worker_grace_seconds,
+            lock_duration_ms=settings.worker_lock_duration_ms,
+            stalled_interval_ms=settings.worker_stalled_interval_ms,
+            run_retry_delay_ms=settings.worker_run_retry_delay_ms,
+            allow_eviction=settings.allow_eviction,
+            limits=Limits(settings.worker_rate_per_channel, settings.worker_rate_per_team),
+        )
+
+    def command_retry(self) -> Retry:
+        """Redis command retry: ~1 s apart, for about as long as a job's lock can live.
+
+        The port's own (20 tries, backoff doubling to 20 s) can leave a finished job unrecorded
+        for minutes after Redis is back; past the lock's life a retry cannot succeed anyway.
+        """
+        retries = max(3, int(self.lock_duration_ms / 750))
+        return Retry(
+            EqualJitterBackoff(cap=1.0, base=0.05), retries,
+            supported_errors=(RedisConnectionError, RedisTimeoutError, BusyLoadingError),
+        )
 
 
 class Dispatcher:
-    """The BullMQ processor: finds the job's handler and runs it with a bound logger."""
+    """The BullMQ processor: validates, runs the handler, maps errors to BullMQ outcomes."""
 
-    def __init__(self, registry: HandlerRegistry, slack: AsyncWebClient) -> None:
+    def __init__(
+        self,
+        registry: HandlerRegistry,
+        slack: AsyncWebClient,
+        *,
+        limiter: Limiter | None = None,
+        effects: EffectLog | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
         self.registry = registry
         self.slack = slack
+        self.limiter = limiter
+        self.effects = effects
+        self.rand = rand
 
-    async def __call__(self, job: Job, _token: str) -> Any:
+    async def __call__(self, job: Job, token: str) -> Any:
         data = job.data if isinstance(job.data, dict) else {"payload": job.data}
-        bound = log.bind(
-            job_id=job.id,
-            job_name=job.name,
-            event_id=data.get("event_id"),
-            team_id=data.get("team_id"),
-            attempt=job.attemptsMade + 1,
+        # Bound for the rest of this job's task, so the worker's event listeners log them too.
+        structlog.contextvars.bind_contextvars(
+            job_id=job.id, job_name=job.name, event_id=data.get("event_id"),
+            team_id=data.get("team_id"), attempt=job.attemptsMade + 1,
         )
         handler = self.registry.get(job.name)
         if handler is None:
-            bound.warning("job_ignored", reason="no handler registered")
+            log.warning("job_ignored", reason="no handler registered")
             return {"ignored": True, "reason": f"no handler for {job.name}"}
-        ctx = JobContext(
+        try:
+            ctx = self._context(job, data, _validate(data))
+            return await handler(ctx)
+        except Deferred as exc:
+            await self._defer(job, token, exc)
+            raise DelayedError(str(exc)) from exc
+        except PermanentError as exc:
+            log.warning("job_failed_permanently", reason=str(exc))
+            raise UnrecoverableError(str(exc)) from exc
+        except Exception as exc:
+            self._plan_retry(job, exc)
+            raise
+
+    def _context(self, job: Job, data: dict[str, Any], envelope: Envelope) -> JobContext:
+        team_id = team_of(envelope) or "-"
+        bound = log.bind()
+        slack = JobSlack(self.slack, str(job.id), team_id, bound, self.limiter, self.effects)
+        return JobContext(
             name=job.name, job_id=str(job.id), attempt=job.attemptsMade + 1,
-            data=data, slack=self.slack, log=bound,
+            data=data, slack=slack, log=bound, envelope=envelope,
         )
-        return await handler(ctx)
+
+    async def _defer(self, job: Job, token: str, exc: Deferred) -> None:
+        # A channel slot is reserved for exactly this job: come back right on time.
+        exact = isinstance(exc, PacingLimited) and exc.scope == "channel"
+        delay_ms = defer_delay_ms(exc.delay_seconds, self.rand(), 0.0 if exact else 0.2)
+        await job.moveToDelayed(int(time.time() * 1000) + delay_ms, token)
+        log.info("job_deferred", reason=exc.reason, delay_ms=delay_ms)
+
+    def _plan_retry(self, job: Job, exc: Exception) -> None:
+        """Give the port this failure's delay as a `fixed` backoff: Node's formula with jitter."""
+        backoff = Backoff.from_opts(job.opts.get("backoff"))
+        attempts = int(job.opts.get("attempts") or 1)
+        if backoff is None or not will_retry(job.attemptsMade, attempts):
+            log.error("job_attempts_exhausted", error=str(exc), error_type=type(exc).__name__,
+                      attempts=attempts)
+            return
+        delay_ms = backoff_delay_ms(backoff, job.attemptsMade + 1, self.rand())
+        job.opts["backoff"] = {"type": "fixed", "delay": delay_ms}
+        log.warning("job_retry_scheduled", error=str(exc), error_type=type(exc).__name__,
+                    delay_ms=delay_ms, attempts=attempts)
+
+
+def _validate(data: dict[str, Any]) -> Envelope:
+    try:
+        return parse_envelope(data)
+    except (ValidationError, TypeError) as exc:
+        first = exc.errors()[0] if isinstance(exc, ValidationError) else {"msg": str(exc)}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        raise InvalidPayload(f"{where or 'data'}: {first['msg']}") from None
 
 
 def build_worker(settings: Settings, dispatcher: Dispatcher, options: WorkerOptions) -> Worker:
+    """A BullMQ Worker (not running yet) with slackq's timings and command retry."""
     worker = Worker(
         settings.queue_name,
         dispatcher,
@@ -72,9 +177,12 @@ def build_worker(settings: Settings, dispatcher: Dispatcher, options: WorkerOpti
             "autorun": False,
             "lockDuration": options.lock_duration_ms,
             "stalledInterval": options.stalled_interval_ms,
+            "maxStalledCount": options.max_stalled_count,
             "runRetryDelay": options.run_retry_delay_ms,
         },
     )
+    for connection in (worker.redisConnection, worker.blockingRedisConnection):
+        connection.conn.set_retry(options.command_retry())
     _log_worker_events(worker)
     return worker
 
@@ -87,14 +195,79 @@ def _log_worker_events(worker: Worker) -> None:
 
     def on_failed(job: Job, error: Exception) -> None:
         log.warning("job_failed", job_id=job.id, job_name=job.name, error=str(error),
-                    attempt=job.attemptsMade + 1)
+                    attempts_made=job.attemptsMade, final=job.finishedOn > 0)
 
     def on_completed(job: Job, _result: Any) -> None:
         log.info("job_completed", job_id=job.id, job_name=job.name)
 
+    def on_stalled(job_id: str) -> None:
+        log.warning("job_stalled_requeued", job_id=job_id)
+
     worker.on("error", on_error)
     worker.on("failed", on_failed)
     worker.on("completed", on_completed)
+    worker.on("stalled", on_stalled)
+
+
+def command_client(url: str, options: WorkerOptions) -> aioredis.Redis:
+    """slackq's own Redis commands (limiter, effects): pooled, bounded, same retry as BullMQ's."""
+    return aioredis.Redis(
+        **redis_kwargs(url), decode_responses=True, socket_timeout=5, socket_connect_timeout=5,
+        socket_keepalive=True, retry=options.command_retry(),
+    )
+
+
+@dataclass
+class WorkerRuntime:
+    """A running worker and what it owns; `stop()` shuts it all down."""
+
+    worker: Worker
+    run_task: asyncio.Task[Any]
+    client: aioredis.Redis
+    grace_seconds: float
+
+    async def stop(self) -> float:
+        """Graceful shutdown; returns the seconds it took."""
+        started = time.monotonic()
+        await shutdown(self.worker, self.grace_seconds)
+        await asyncio.gather(self.run_task, return_exceptions=True)
+        await self.client.aclose()
+        return time.monotonic() - started
+
+
+async def start_worker(
+    settings: Settings, registry: HandlerRegistry, options: WorkerOptions | None = None
+) -> WorkerRuntime:
+    """Check Redis, build the worker with its Slack client, limiter and effect log, run it."""
+    options = options or WorkerOptions.from_settings(settings)
+    client = command_client(settings.redis_url, options)
+    try:
+        policy = await require_noeviction(client, allow_eviction=options.allow_eviction)
+    except BaseException:
+        await client.aclose()
+        raise
+    if policy != "noeviction":
+        log.warning("redis_eviction_allowed", maxmemory_policy=policy,
+                    reason="SLACKQ_ALLOW_EVICTION=1; jobs may be evicted (development only)")
+    dispatcher = Dispatcher(
+        registry,
+        make_client(settings.bot_token(), settings.slack_api_url),
+        limiter=Limiter(client, settings.queue_prefix, settings.queue_name, options.limits),
+        effects=EffectLog(client, settings.queue_prefix, settings.queue_name),
+    )
+    worker = build_worker(settings, dispatcher, options)
+    # Load server capabilities before run(): without them short delays round up to ~1 s. The
+    # eviction policy was checked above (and allowed on purpose): silence the port's warning.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IMPORTANT! Eviction policy")
+        await worker.blockingRedisConnection.getRedisVersion()
+        await worker.redisConnection.getRedisVersion()
+    run_task = asyncio.create_task(worker.run(), name="bullmq-worker")
+    log.info("worker_started", queue=settings.queue_name, handlers=registry.names(),
+             concurrency=settings.worker_concurrency, lock_duration_ms=options.lock_duration_ms,
+             stalled_interval_ms=options.stalled_interval_ms,
+             run_retry_delay_ms=options.run_retry_delay_ms)
+    return WorkerRuntime(worker, run_task, client, options.grace_seconds)
 
 
 async def run_worker(
@@ -104,23 +277,13 @@ async def run_worker(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run until `stop` is set (by SIGTERM/SIGINT when not given), then shut down gracefully."""
-    options = options or WorkerOptions()
     stop = stop or _stop_on_signals()
-    await _check_redis(settings, options)
-    slack = AsyncWebClient(token=settings.bot_token(), base_url=settings.slack_api_url)
-    worker = build_worker(settings, Dispatcher(registry, slack), options)
-    # Load server capabilities before run(): without them short delays round up to ~1 s.
-    await worker.blockingRedisConnection.getRedisVersion()
-    await worker.redisConnection.getRedisVersion()
-    run_task = asyncio.create_task(worker.run(), name="bullmq-worker")
-    log.info("worker_started", queue=settings.queue_name, handlers=registry.names(),
-             concurrency=settings.worker_concurrency)
+    runtime = await start_worker(settings, registry, options)
     stop_task = asyncio.create_task(stop.wait())
-    await asyncio.wait({run_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-    await shutdown(worker, options.grace_seconds)
+    await asyncio.wait({runtime.run_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
     stop_task.cancel()
-    await asyncio.gather(run_task, return_exceptions=True)
-    log.info("worker_stopped")
+    seconds = await runtime.stop()
+    log.info("worker_stopped", shutdown_seconds=round(seconds, 3))
 
 
 async def shutdown(worker: Worker, grace_seconds: float) -> None:
@@ -129,17 +292,11 @@ async def shutdown(worker: Worker, grace_seconds: float) -> None:
     closing = asyncio.create_task(worker.close())
     done, _ = await asyncio.wait({closing}, timeout=grace_seconds)
     if not done:
-        log.warning("worker_force_closing", in_flight=len(worker.jobs))
-        await worker.close(force=True)
+        log.warning("worker_force_closing", in_flight=len(worker.jobs),
+                    job_ids=sorted(str(job.id) for job, _token in worker.jobs))
+        with contextlib.suppress(Exception):
+            await worker.close(force=True)
         await asyncio.gather(closing, return_exceptions=True)
-
-
-async def _check_redis(settings: Settings, options: WorkerOptions) -> None:
-    client = aioredis.Redis(**bullmq_connection(settings.redis_url))
-    try:
-        await require_noeviction(client, allow_eviction=options.allow_eviction)
-    finally:
-        await client.aclose()
 
 
 def _stop_on_signals() -> asyncio.Event:

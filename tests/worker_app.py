@@ -1,0 +1,56 @@
+"""`python -m tests.worker_app`: the worker dyno with extra test handlers, as a real process.
+
+It runs exactly `worker.runner.run_worker` (signals, shutdown, settings from the environment);
+the only difference from `python -m worker` is the registry:
+
+* `held_mention`: replies like `app_mention` (a recorded Slack effect), then holds the job for
+  `TEST_HOLD_SECONDS` (environment, default 0) so a test can signal or kill the process mid-job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+from slackq.errors import ConfigError, RedisMisconfigured
+from slackq.logging import configure_logging
+from slackq.settings import load_settings
+from worker.handlers import default_registry, reply_to_mention
+from worker.registry import HandlerRegistry, JobContext
+from worker.runner import WorkerOptions, run_worker
+
+
+async def held_mention(ctx: JobContext) -> dict[str, Any]:
+    result = await reply_to_mention(ctx)
+    hold = float(os.environ.get("TEST_HOLD_SECONDS", "0"))
+    ctx.log.info("test_hold_started", hold_seconds=hold)
+    await asyncio.sleep(hold)
+    ctx.log.info("test_hold_finished")
+    return result
+
+
+def app_registry() -> HandlerRegistry:
+    registry = default_registry()
+    registry.register("held_mention")(held_mention)
+    return registry
+
+
+def main() -> int:
+    try:
+        settings = load_settings(require=("SLACK_BOT_TOKEN",))
+    except ConfigError as exc:
+        print(f"slackq test worker: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        asyncio.run(run_worker(settings, app_registry(), WorkerOptions.from_settings(settings)))
+    except RedisMisconfigured as exc:
+        print(f"slackq test worker: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""What a handler gets for one job: its data, a logger, and Slack calls that are paced and
+recorded (so a re-run after a crash skips what already happened)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from slack_sdk.web.async_client import AsyncWebClient
+from structlog.typing import FilteringBoundLogger
+
+from slackq.models import Envelope
+from worker.effects import EffectLog
+from worker.limiter import Limiter
+from worker.slack import call_slack
+
+# Calls that post into a channel and therefore count against Slack's per-channel pace.
+PACED_METHODS = frozenset({
+    "chat.postMessage", "chat.postEphemeral", "chat.update", "chat.meMessage",
+    "chat.scheduleMessage", "reactions.add",
+})
+
+
+@dataclass(frozen=True)
+class JobSlack:
+    """The Web API as one job sees it: `await ctx.slack.call("chat.postMessage", channel=...)`."""
+
+    client: AsyncWebClient
+    job_id: str
+    team_id: str
+    log: FilteringBoundLogger
+    limiter: Limiter | None = None
+    effects: EffectLog | None = None
+
+    async def call(
+        self, method: str, *, effect: str | None = None, **params: Any
+    ) -> dict[str, Any]:
+        """Call `method` once per job.
+
+        `effect` names the side effect (default: the method); give distinct names when a handler
+        makes the same call twice. A re-run returns the recorded result instead of calling again.
+        Raises `PacingLimited` when the channel or team is over its pace (the job is delayed).
+        """
+        name = effect or method
+        if self.effects is not None:
+            done = await self.effects.recorded(self.job_id, name)
+            if done is not None:
+                self.log.info("slack_effect_skipped", effect=name, recorded=done)
+                return {"ok": True, **done, "skipped": True}
+        channel = params.get("channel")
+        if self.limiter is not None and method in PACED_METHODS and isinstance(channel, str):
+            await self.limiter.acquire(self.team_id, channel, self.job_id)
+        if self.effects is not None and await self.effects.begin(self.job_id, name):
+            self.log.warning("slack_effect_possible_duplicate", effect=name)
+        result = await call_slack(self.client, method, params)
+        if self.effects is not None:
+            await self.effects.record(self.job_id, name, result)
+        return result
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a handler gets: the job's name, id, attempt and data, Slack calls and a logger."""
+
+    name: str
+    job_id: str
+    attempt: int
+    data: dict[str, Any]
+    slack: JobSlack
+    log: FilteringBoundLogger
+    envelope: Envelope | None = field(default=None)
+
+    @property
+    def event(self) -> dict[str, Any]:
+        """The inner Slack event of an Events API envelope."""
+        event = self.data.get("event")
+        return event if isinstance(event, dict) else {}

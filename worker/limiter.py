@@ -1,0 +1,126 @@
+"""Pacing of outbound Slack calls per channel and per team, shared by every worker process.
+
+Slack allows about one `chat.postMessage` per second per channel and a workspace-wide cap. One
+Lua script decides atomically, on Redis time, whether a call may go now:
+
+* Channel: each call reserves the channel's next free slot (GCRA without burst). A job whose slot
+  is in the future is delayed until exactly that slot and keeps its reservation, so a flooded
+  channel drains in order, one call per interval, with no herd of jobs re-checking every second.
+  A job that comes back late (busy workers, team limit) is still spaced from the channel's last
+  actual call.
+* Team: a GCRA check allowing a burst of one second's worth of calls, without reservation; a job
+  over it is delayed by the wait (stretched a little) and tries again.
+
+Jobs over a limit are never slept on: `acquire` raises `PacingLimited` and the Dispatcher moves
+the job back to `delayed`. Keys live under `<prefix>:slackq:<queue>:rate:` (outside BullMQ's own
+`<prefix>:<queue>:` names) and expire on their own; with a `{hash-tagged}` prefix they share a
+cluster slot.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from worker.errors import PacingLimited, RedisTransientError
+
+# How long a job keeps a channel slot it has not used yet (it may wait behind the team limit or a
+# busy worker pool before it comes back).
+RESERVATION_TTL_MS = 600_000
+
+ACQUIRE_LUA = """
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local channel_iv = tonumber(ARGV[1])
+local team_iv = tonumber(ARGV[2])
+local team_burst = tonumber(ARGV[3])
+local resv_ttl = tonumber(ARGV[4])
+
+local slot = tonumber(redis.call('GET', KEYS[3]) or '-1')
+if slot < 0 and channel_iv > 0 then
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if tat < now then tat = now end
+  slot = tat
+  redis.call('SET', KEYS[1], slot + channel_iv, 'PX', slot + channel_iv - now + 1000)
+  redis.call('SET', KEYS[3], slot, 'PX', slot - now + resv_ttl)
+end
+if slot > now then
+  return {slot - now, 'channel'}
+end
+-- A job may come back after its slot (worker busy, team limit): space actual calls all the same.
+if channel_iv > 0 then
+  local last = tonumber(redis.call('GET', KEYS[4]) or '0')
+  if now < last + channel_iv then
+    return {last + channel_iv - now, 'channel'}
+  end
+end
+
+if team_iv > 0 then
+  local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if tat < now then tat = now end
+  local over = tat - now - (team_burst - 1) * team_iv
+  if over > 0 then
+    return {over, 'team'}
+  end
+  redis.call('SET', KEYS[2], tat + team_iv, 'PX', tat + team_iv - now + 1000)
+end
+if channel_iv > 0 then
+  redis.call('SET', KEYS[4], now, 'PX', channel_iv + 1000)
+end
+redis.call('DEL', KEYS[3])
+return {0, ''}
+"""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Calls per second per channel and per team; 0 turns that limit off."""
+
+    per_channel: float = 1.0
+    per_team: float = 10.0
+
+    @staticmethod
+    def interval_ms(rate: float) -> int:
+        return math.ceil(1000 / rate) if rate > 0 else 0
+
+    @property
+    def team_burst(self) -> int:
+        return max(1, int(self.per_team))
+
+
+class Limiter:
+    """`await limiter.acquire(team, channel, job_id)` returns when a call may go, else raises."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, queue: str, limits: Limits) -> None:
+        self.client = client
+        self.limits = limits
+        self.base = f"{prefix}:slackq:{queue}:rate"
+        self._script = client.register_script(ACQUIRE_LUA)
+
+    def keys(self, team_id: str, channel: str, job_id: str) -> list[str]:
+        return [
+            f"{self.base}:channel:{team_id}:{channel}",
+            f"{self.base}:team:{team_id}",
+            f"{self.base}:resv:{job_id}:{channel}",
+            f"{self.base}:last:{team_id}:{channel}",
+        ]
+
+    async def acquire(self, team_id: str, channel: str, job_id: str) -> None:
+        """Take a slot now or raise `PacingLimited` with the wait in seconds."""
+        args = [
+            Limits.interval_ms(self.limits.per_channel),
+            Limits.interval_ms(self.limits.per_team),
+            self.limits.team_burst,
+            RESERVATION_TTL_MS,
+        ]
+        try:
+            wait_ms, scope = await self._script(keys=self.keys(team_id, channel, job_id), args=args)
+        except RedisError as exc:
+            raise RedisTransientError(f"rate limiter: {type(exc).__name__}") from exc
+        if int(wait_ms) > 0:
+            scope = scope.decode() if isinstance(scope, bytes) else str(scope)
+            raise PacingLimited(int(wait_ms) / 1000, scope)
