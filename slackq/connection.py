@@ -20,6 +20,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from slackq.errors import RedisMisconfigured
+from slackq.metrics import track_connect
 
 
 def redis_kwargs(url: str) -> dict[str, Any]:
@@ -40,6 +41,7 @@ def bullmq_connection(url: str) -> dict[str, Any]:
         "socket_timeout": None,
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
+        "redis_connect_func": track_connect,  # counts (re)connections for /metrics
     }
 
 
@@ -51,6 +53,7 @@ def producer_client(url: str, *, timeout: float = 1.0) -> aioredis.Redis:
     """
     return aioredis.Redis(
         **redis_kwargs(url),
+        redis_connect_func=track_connect,  # counts (re)connections for /metrics
         decode_responses=True,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import shutil
 import subprocess
 import time
@@ -128,3 +131,21 @@ def start_fails(name: str, redis_url: str, log_dir: Path, timeout: float = 30) -
     finally:
         proc.stop()
     return code, proc.output()
+
+
+def run_cli(redis_url: str, *args: str) -> tuple[int, str]:
+    """`slackq <args>` in this process with REDIS_URL set; returns (exit code, stdout + stderr)."""
+    from slackq.cli import main
+
+    saved = os.environ.get("REDIS_URL")
+    os.environ["REDIS_URL"] = redis_url
+    output = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            code = main(list(args))
+    finally:
+        if saved is None:
+            del os.environ["REDIS_URL"]
+        else:
+            os.environ["REDIS_URL"] = saved
+    return code, output.getvalue()

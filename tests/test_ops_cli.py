@@ -4,17 +4,21 @@ subprocess, against real redis-server processes and a real BullMQ worker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from bullmq import Queue, Worker
 
+from slackq.cli import main
 from slackq.connection import bullmq_connection
 from slackq.doctor import Level, RedisFacts, evaluate
 from slackq.embedded import RedisProcess
@@ -23,9 +27,21 @@ from tests.processes import process_env
 SLACKQ = str(Path(sys.executable).parent / "slackq")
 
 
-def slackq(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SLACKQ, *args], env=process_env(REDIS_URL=url),
-                          capture_output=True, text=True, timeout=30)
+@dataclass
+class Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def slackq(url: str, *args: str) -> Done:
+    """Run the CLI in this process (fast); `test_console_script` runs the installed script."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("REDIS_URL", url)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    return Done(code, out.getvalue(), err.getvalue())
 
 
 def slackq_json(url: str, *args: str) -> Any:
@@ -48,8 +64,11 @@ def start(tmp_path: Path, **overrides: str) -> RedisProcess:
 
 
 def test_doctor_on_the_project_redis_conf_fails_only_on_auth(redis_server: RedisProcess) -> None:
-    code, levels = doctor(redis_server.url)
-    assert code == 1
+    """Through the installed console script, as an operator runs it."""
+    done = subprocess.run([SLACKQ, "doctor", "--json"], env=process_env(REDIS_URL=redis_server.url),
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1, done.stderr
+    levels = {c["name"]: c["level"] for c in json.loads(done.stdout)["checks"]}
     assert {name for name, level in levels.items() if level == "FAIL"} == {"authentication"}
 
 

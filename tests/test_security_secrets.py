@@ -3,16 +3,13 @@ debug level, with failures, retries, rejections and refused start-ups, are searc
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
 from slackq.embedded import RedisProcess
 from tests.fake_slack import FakeSlack, rate_limited, slack_error
-from tests.processes import process_env
-from tests.security_support import procfile_stack, start_fails
+from tests.security_support import procfile_stack, run_cli, start_fails
 from tests.slack_requests import (
     BOT_TOKEN,
     SIGNING_SECRET,
@@ -45,8 +42,9 @@ def test_no_secret_in_the_logs_of_a_full_run(fake_slack: FakeSlack, tmp_path: Pa
     server.start()
     url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{server.port}/0"
     try:
-        # 1st reply: an auth error (the kind whose message echoes request details), then a 429,
-        # then success: a failed attempt, a rate-limited attempt, a retry, a completion.
+        # Replies: an auth error (the kind whose message echoes request details), a 429, then
+        # success: a failed job, a rate-limited attempt and its retry (>= 3 calls whatever the
+        # retry policy does with invalid_auth).
         fake_slack.script("chat.postMessage", slack_error("invalid_auth"), rate_limited(1))
         with procfile_stack(url, fake_slack, tmp_path, LOG_LEVEL="debug") as (base, web, worker):
             def post(payload: dict[str, object], **headers: str) -> int:
@@ -59,11 +57,8 @@ def test_no_secret_in_the_logs_of_a_full_run(fake_slack: FakeSlack, tmp_path: Pa
             assert post(app_mention_envelope("Ev0SEC0002", text=MESSAGE_TEXT)) == 200
             assert post(app_mention_envelope("Ev0SEC0003", text=MESSAGE_TEXT),
                         **{"X-Slack-Signature": "v0=" + "0" * 64}) == 401
-            fake_slack.wait_for_calls("chat.postMessage", 4, timeout=40)
-            cli = [subprocess.run([str(Path(sys.executable).parent / "slackq"), *args],
-                                  env=process_env(REDIS_URL=url), capture_output=True,
-                                  text=True, timeout=30)
-                   for args in (["status"], ["doctor"], ["failed"])]
+            fake_slack.wait_for_calls("chat.postMessage", 3, timeout=40)
+            cli = {command: run_cli(url, command) for command in ("status", "doctor", "failed")}
         logs = {"web": web.output(), "worker": worker.output()}
         # The run really logged what it should have: the search covers real events.
         assert "job_enqueued" in logs["web"] and "slack_request_rejected" in logs["web"]
@@ -72,8 +67,8 @@ def test_no_secret_in_the_logs_of_a_full_run(fake_slack: FakeSlack, tmp_path: Pa
         assert "Authorization" in logs["worker"]
         for name, output in logs.items():
             assert_no_secret(output, f"{name} log")
-        for done in cli:
-            assert_no_secret(done.stdout + done.stderr, f"slackq {done.args[1]}")
+        for command, (_code, output) in cli.items():
+            assert_no_secret(output, f"slackq {command}")
         for process in ("web", "worker"):
             wrong = url.replace(REDIS_PASSWORD, REDIS_PASSWORD[::-1])
             code, output = start_fails(process, wrong, tmp_path / "refused")
