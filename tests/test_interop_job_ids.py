@@ -26,10 +26,8 @@ from tests.interop import node_config, node_script, node_skip_reason
 from tests.slack_requests import app_mention_envelope, encode, signed_headers
 from tests.test_interop_node import webhook
 
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(node_skip_reason() is not None, reason=str(node_skip_reason())),
-]
+pytestmark = pytest.mark.interop
+needs_node = pytest.mark.skipif(node_skip_reason() is not None, reason=str(node_skip_reason()))
 
 PROBE_QUEUE = "id-probe"
 
@@ -81,6 +79,7 @@ async def node_verdicts(settings: Settings, ids: list[str]) -> dict[str, str | N
     return verdicts
 
 
+@needs_node
 async def test_node_rejects_integer_like_ids_and_colons_and_slackq_rejects_them_too(
     settings: Settings,
 ) -> None:
@@ -110,6 +109,7 @@ adversarial_ids = st.one_of(
 )
 
 
+@needs_node
 def test_the_webhook_only_ever_stores_ids_node_accepts(settings: Settings) -> None:
     """Property: every job the producer stores has an id Node accepts; the rest get a 400."""
     stored: list[str] = []
