@@ -75,6 +75,30 @@ class AppMentionCallback(EventCallback):
     event: AppMentionEvent
 
 
+class SlashCommandForm(_SlackModel):
+    """Job data for `command:<command>` jobs: the slash command's form fields as received (all
+    strings)."""
+
+    command: str
+    team_id: str
+    channel_id: str
+    user_id: str
+    text: str = ""
+    trigger_id: str
+    response_url: str | None = None
+    api_app_id: str | None = None
+
+
+class InteractionPayload(_SlackModel):
+    """Job data for `interactive:<type>` jobs: the JSON of the form's `payload` field."""
+
+    type: str
+    user: dict[str, Any]
+    team: dict[str, Any] | None = None
+    trigger_id: str | None = None
+    api_app_id: str | None = None
+
+
 @dataclass(frozen=True)
 class JobKind:
     """One family of job names the producers put on the queue."""
@@ -86,22 +110,50 @@ class JobKind:
     returns: str
 
 
-JOB_KINDS = (
-    JobKind(
-        name="`app_mention`",
-        produced_by="`POST /slack/events`, `event_callback` whose `event.type` is `app_mention`",
-        job_id="`event_id` (e.g. `Ev0123ABCD`)",
-        data=AppMentionCallback,
-        returns='`{"channel": "C…", "ts": "1700000000.000100"}` (the reply posted in the thread)',
-    ),
-    JobKind(
-        name="any other Events API type (`message`, `reaction_added`, …): `event.type`",
-        produced_by="`POST /slack/events`, `event_callback`",
-        job_id="`event_id`",
-        data=EventCallback,
-        returns='`{"ignored": true, "reason": "no handler for <name>"}` unless a handler is added',
-    ),
-)
+def job_kinds() -> tuple[JobKind, ...]:
+    """Every job name the producers make, with the names and id prefixes they really use."""
+    # Imported here: producers depend on slackq, not the other way round.
+    from producers import commands, interactivity
+
+    ignored = '`{"ignored": true, "reason": "no handler for <name>"}` unless a handler is added'
+    return (
+        JobKind(
+            name="`app_mention`",
+            produced_by="`POST /slack/events`, `event_callback` whose `event.type` is "
+                        "`app_mention`",
+            job_id="`event_id` (e.g. `Ev0123ABCD`)",
+            data=AppMentionCallback,
+            returns='`{"channel": "C…", "ts": "1700000000.000100"}` (the reply in the thread)',
+        ),
+        JobKind(
+            name="`<event.type>` for every other Events API type (`message`, "
+                 "`reaction_added`, …)",
+            produced_by="`POST /slack/events`, `event_callback`",
+            job_id="`event_id`",
+            data=EventCallback,
+            returns=ignored,
+        ),
+        JobKind(
+            name=f"`{commands.JOB_NAME_PREFIX}<command>` (e.g. "
+                 f"`{commands.JOB_NAME_PREFIX}/deploy`)",
+            produced_by="`POST /slack/commands` (form-encoded)",
+            job_id=f"`{commands.JOB_ID_PREFIX}<trigger_id>`",
+            data=SlashCommandForm,
+            returns=ignored,
+        ),
+        JobKind(
+            name=f"`{interactivity.JOB_NAME_PREFIX}<payload.type>` (e.g. "
+                 f"`{interactivity.JOB_NAME_PREFIX}block_actions`, "
+                 f"`{interactivity.JOB_NAME_PREFIX}view_submission`, "
+                 f"`{interactivity.JOB_NAME_PREFIX}shortcut`)",
+            produced_by="`POST /slack/interactivity` (form field `payload`, JSON)",
+            job_id=f"`{interactivity.JOB_ID_PREFIX}<trigger_id>`; without a `trigger_id` "
+                   f"(`view_closed`, `block_suggestion`) `{interactivity.JOB_ID_PREFIX}sha256-"
+                   "<first 32 hex digits of the payload's SHA-256>`",
+            data=InteractionPayload,
+            returns=ignored,
+        ),
+    )
 
 
 def _json(value: Any) -> str:
@@ -137,7 +189,7 @@ def _names_table() -> str:
     return "\n".join(
         f"| {kind.name} | {kind.produced_by} | {kind.job_id} | "
         f"[{kind.data.__name__}](#{kind.data.__name__.lower()}) | {kind.returns} |"
-        for kind in JOB_KINDS
+        for kind in job_kinds()
     )
 
 
@@ -148,7 +200,7 @@ def json_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def _data_models() -> list[type[BaseModel]]:
-    return list(dict.fromkeys(kind.data for kind in JOB_KINDS))
+    return list(dict.fromkeys(kind.data for kind in job_kinds()))
 
 
 def _schemas() -> str:

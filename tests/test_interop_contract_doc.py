@@ -5,16 +5,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pydantic import SecretStr
+from starlette.routing import Route
+
+from producers.app import create_app
 from slackq.contract import job_options
 from slackq.contract_doc import (
     DOCS_DIR,
-    JOB_KINDS,
     AppMentionCallback,
     EventCallback,
+    InteractionPayload,
+    SlashCommandForm,
+    default_settings,
     generated_files,
+    job_kinds,
     main,
 )
-from tests.slack_requests import app_mention_envelope
+from tests.slack_requests import SIGNING_SECRET, app_mention_envelope
+from tests.webhook_client import (
+    block_actions_payload,
+    command_form,
+    view_closed_payload,
+    view_submission_payload,
+)
 from worker.handlers import default_registry
 
 
@@ -37,7 +50,7 @@ def test_contract_shows_the_options_every_job_carries() -> None:
 
 
 def test_every_handled_name_is_documented() -> None:
-    documented = " ".join(kind.name for kind in JOB_KINDS)
+    documented = " ".join(kind.name for kind in job_kinds())
     for name in default_registry().names():
         assert f"`{name}`" in documented
 
@@ -48,3 +61,22 @@ def test_schemas_accept_the_payloads_the_producer_stores() -> None:
     reaction = {**envelope, "event": {"type": "reaction_added", "reaction": "eyes",
                                       "event_ts": "1700000000.000200"}}
     assert EventCallback.model_validate(reaction).model_dump(exclude_unset=True) == reaction
+
+
+def test_every_webhook_route_that_stores_jobs_is_documented() -> None:
+    app = create_app(default_settings().model_copy(
+        update={"slack_signing_secret": SecretStr(SIGNING_SECRET)}))
+    posted = {route.path for route in app.routes
+              if isinstance(route, Route) and "POST" in (route.methods or ())}
+    documented = " ".join(kind.produced_by for kind in job_kinds())
+    assert posted, "the webhook has no POST route?"
+    for path in posted:
+        assert f"`POST {path}`" in documented, f"{path} stores jobs the contract does not list"
+
+
+def test_command_and_interaction_schemas_accept_what_the_producer_stores() -> None:
+    form = command_form()
+    assert SlashCommandForm.model_validate(form).model_dump(exclude_unset=True) == form
+    for payload in (block_actions_payload(), view_submission_payload(), view_closed_payload()):
+        model = InteractionPayload.model_validate(payload)
+        assert model.model_dump(exclude_unset=True) == payload

@@ -9,6 +9,7 @@ jobs). The Python port checks neither, so `slackq.contract.validate_job_id` does
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -23,8 +24,15 @@ from hypothesis import strategies as st
 from slackq.contract import InvalidJobId, job_options, validate_job_id
 from slackq.settings import Settings
 from tests.interop import node_config, node_script, node_skip_reason
-from tests.slack_requests import app_mention_envelope, encode, signed_headers
-from tests.test_interop_node import webhook
+from tests.slack_requests import app_mention_envelope
+from tests.webhook_client import (
+    block_actions_payload,
+    command_form,
+    interactive_form,
+    post_event,
+    post_form,
+    webhook,
+)
 
 pytestmark = pytest.mark.interop
 needs_node = pytest.mark.skipif(node_skip_reason() is not None, reason=str(node_skip_reason()))
@@ -111,7 +119,7 @@ adversarial_ids = st.one_of(
 
 @needs_node
 def test_the_webhook_only_ever_stores_ids_node_accepts(settings: Settings) -> None:
-    """Property: every job the producer stores has an id Node accepts; the rest get a 400."""
+    """Property: every job any endpoint stores has an id Node accepts; the rest are refused."""
     stored: list[str] = []
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     # The app and its Queue live on one event loop in a portal thread (as Starlette's TestClient
@@ -122,28 +130,44 @@ def test_the_webhook_only_ever_stores_ids_node_accepts(settings: Settings) -> No
 
         @hypothesis_settings(max_examples=150, deadline=None,
                              suppress_health_check=[HealthCheck.too_slow])
-        @given(event_id=st.one_of(slack_like_ids, adversarial_ids))
-        def post(event_id: str) -> None:
-            envelope: dict[str, Any] = app_mention_envelope()
-            envelope["event_id"] = event_id
-            body = encode(envelope)
-            response = portal.call(partial(web.post, "/slack/events", content=body,
-                                           headers=signed_headers(body)))
-            key = f"{settings.queue_prefix}:{settings.queue_name}:{event_id}"
+        @given(kind=st.sampled_from(["event", "command", "interactive"]),
+               slack_id=st.one_of(slack_like_ids, adversarial_ids))
+        def post(kind: str, slack_id: str) -> None:
+            job_id, send = _request(kind, slack_id)
+            events = f"{settings.queue_prefix}:{settings.queue_name}:events"
+            before = client.xlen(events)
+            response = portal.call(send, web)
             if response.status_code == 200:
-                assert node_would_accept(event_id) and slackq_accepts(event_id), event_id
-                assert client.hget(key, "name") == "app_mention"
-                stored.append(event_id)
+                # What was stored (or found already stored) is the stream's newest job id; an
+                # interaction whose trigger_id is blank gets a payload-hash id instead.
+                assert client.xlen(events) > before, (kind, slack_id)
+                [(_, entry)] = client.xrevrange(events, count=1)
+                stored_id = entry["jobId"]
+                assert stored_id == job_id or kind == "interactive", (stored_id, job_id)
+                assert node_would_accept(stored_id) and slackq_accepts(stored_id), stored_id
+                stored.append(stored_id)
             else:
-                assert response.status_code == 400, (event_id, response.status_code)
-                assert not slackq_accepts(event_id)
+                assert 400 <= response.status_code < 500, (job_id, response.status_code)
+                assert client.xlen(events) == before, job_id
 
         post()
         # The real Node BullMQ agrees on every id that was stored.
         verdicts = portal.call(node_verdicts, settings, sorted(set(stored)))
     client.close()
-    assert stored, "no example was stored: the property was never exercised"
+    assert {job_id.split("-")[0] for job_id in stored} >= {"command", "interactive"}
     assert {i: e for i, e in verdicts.items() if e is not None} == {}
+
+
+def _request(kind: str, slack_id: str) -> tuple[str, Callable[[Any], Awaitable[Any]]]:
+    """The job id a request of `kind` carrying `slack_id` would get, and how to send it."""
+    if kind == "event":
+        envelope: dict[str, Any] = {**app_mention_envelope(), "event_id": slack_id}
+        return slack_id, partial(post_event, payload=envelope)
+    if kind == "command":
+        form = command_form(trigger_id=slack_id)
+        return f"command-{slack_id}", partial(post_form, path="/slack/commands", form=form)
+    form = interactive_form(block_actions_payload(trigger_id=slack_id))
+    return f"interactive-{slack_id}", partial(post_form, path="/slack/interactivity", form=form)
 
 
 def test_job_options_refuse_ids_node_would_refuse() -> None:

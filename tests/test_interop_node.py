@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -19,7 +20,6 @@ import pytest
 import redis.asyncio as aioredis
 from bullmq import Job, Queue
 
-from producers.app import create_app
 from slackq.contract import job_options
 from slackq.settings import Settings
 from tests.fake_slack import FakeSlack, server_error
@@ -32,7 +32,15 @@ from tests.interop import (
     stored_job,
     until,
 )
-from tests.slack_requests import BOT_TOKEN, app_mention_envelope, encode, signed_headers
+from tests.slack_requests import BOT_TOKEN, app_mention_envelope
+from tests.webhook_client import (
+    block_actions_payload,
+    command_form,
+    interactive_form,
+    post_form,
+    webhook,
+)
+from tests.webhook_client import post_event as post_json_event
 from worker.handlers import default_registry
 from worker.runner import WorkerOptions, run_worker
 
@@ -60,20 +68,39 @@ async def bull_queue(settings: Settings) -> AsyncIterator[Queue]:
     await queue.close()
 
 
-@asynccontextmanager
-async def webhook(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """slackq's real webhook app in process, lifespan included (it owns the producer's Queue)."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://slackq.test"
-    ) as client:
-        yield client
-
-
 async def post_event(client: httpx.AsyncClient, payload: dict[str, Any]) -> None:
-    body = encode(payload)
-    response = await client.post("/slack/events", content=body, headers=signed_headers(body))
+    response = await post_json_event(client, payload)
     assert response.status_code == 200, response.text
+
+
+@dataclass(frozen=True)
+class SlackRequest:
+    """One request kind through the webhook, and the job it must become."""
+
+    path: str
+    body: dict[str, Any]
+    name: str
+    job_id: str
+    data: dict[str, Any]
+
+    async def post(self, client: httpx.AsyncClient) -> None:
+        if self.path == "/slack/events":
+            response = await post_json_event(client, self.body)
+        else:
+            response = await post_form(client, self.path, self.body)
+        assert response.status_code == 200, response.text
+
+
+TRIGGER = "13345224609.738474920.8088930838d88f008e0"
+REQUEST_KINDS = {
+    "event": SlackRequest("/slack/events", app_mention_envelope("Ev0INTEROP01"), "app_mention",
+                          "Ev0INTEROP01", app_mention_envelope("Ev0INTEROP01")),
+    "command": SlackRequest("/slack/commands", command_form(TRIGGER), "command:/deploy",
+                            f"command-{TRIGGER}", command_form(TRIGGER)),
+    "interactive": SlackRequest(
+        "/slack/interactivity", interactive_form(block_actions_payload(TRIGGER)),
+        "interactive:block_actions", f"interactive-{TRIGGER}", block_actions_payload(TRIGGER)),
+}
 
 
 @asynccontextmanager
@@ -129,28 +156,32 @@ async def assert_failed_and_kept_24h(aredis: aioredis.Redis, settings: Settings,
     assert await aredis.ttl(key) == -1
 
 
-async def test_node_worker_sees_the_webhooks_job_as_slackq_enqueued_it(
+async def test_node_worker_sees_the_webhooks_jobs_as_slackq_enqueued_them(
     settings: Settings, aredis: aioredis.Redis, bull_queue: Queue
 ) -> None:
-    envelope = app_mention_envelope("Ev0INTEROP01")
-    expected = job_options("Ev0INTEROP01")
-    async with node_script("worker", config(settings, mode="complete", limit=1)) as node:
+    """Every request kind (event, slash command, interaction) in one Node worker run."""
+    requests = list(REQUEST_KINDS.values())
+    worker_config = config(settings, mode="complete", limit=len(requests))
+    async with node_script("worker", worker_config) as node:
         async with webhook(settings) as client:
-            await post_event(client, envelope)
+            for request in requests:
+                await request.post(client)
         messages = await node.finish()
 
-    [seen] = [m for m in messages if m["event"] == "process"]
-    assert seen["id"] == "Ev0INTEROP01"
-    assert seen["name"] == "app_mention"
-    assert seen["data"] == envelope
-    assert seen["attemptsMade"] == 0
-    for option in ("attempts", "backoff", "removeOnComplete", "removeOnFail", "deduplication"):
-        assert seen["opts"][option] == expected[option], option
-    # Node's completion is readable by the Python port as well.
-    job = await Job.fromId(bull_queue, "Ev0INTEROP01")
-    assert job is not None and job.returnvalue == {"handledBy": "node", "id": "Ev0INTEROP01"}
-    assert (await stored_job(aredis, settings.queue_prefix, settings.queue_name,
-                             "Ev0INTEROP01")).state == "completed"
+    seen = {m["id"]: m for m in messages if m["event"] == "process"}
+    assert sorted(seen) == sorted(request.job_id for request in requests)
+    for request in requests:
+        job, expected = seen[request.job_id], job_options(request.job_id)
+        assert (job["name"], job["data"], job["attemptsMade"]) == (request.name, request.data, 0)
+        for option in ("attempts", "backoff", "removeOnComplete", "removeOnFail",
+                       "deduplication"):
+            assert job["opts"][option] == expected[option], (request.name, option)
+        # Node's completion is readable by the Python port as well.
+        done = await Job.fromId(bull_queue, request.job_id)
+        assert done is not None
+        assert done.returnvalue == {"handledBy": "node", "id": request.job_id}
+        assert (await stored_job(aredis, settings.queue_prefix, settings.queue_name,
+                                 request.job_id)).state == "completed"
 
 
 async def test_slackq_worker_replies_to_a_job_node_enqueued_in_the_documented_shape(
