@@ -32,7 +32,7 @@ async def test_unhandled_event_type_completes_as_ignored(
                 "event": {"type": "reaction_added", "reaction": "tada"}}
     await queue.add("reaction_added", envelope, job_options("Ev0IGNORED1"))
     stop = asyncio.Event()
-    with structlog.testing.capture_logs() as logs:
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         task = asyncio.create_task(
             run_worker(settings, default_registry(), WorkerOptions(grace_seconds=5), stop)
         )

@@ -61,7 +61,7 @@ def test_no_secret_in_the_logs_of_a_full_run(fake_slack: FakeSlack, tmp_path: Pa
             cli = {command: run_cli(url, command) for command in ("status", "doctor", "failed")}
         logs = {"web": web.output(), "worker": worker.output()}
         # The run really logged what it should have: the search covers real events.
-        assert "job_enqueued" in logs["web"] and "slack_request_rejected" in logs["web"]
+        assert "job_stored" in logs["web"] and "slack_request_rejected" in logs["web"]
         assert "job_failed" in logs["worker"] and "invalid_auth" in logs["worker"]
         # slack-sdk's debug lines carry the request headers: the token had its chance to leak.
         assert "Authorization" in logs["worker"]
