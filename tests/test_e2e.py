@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,8 +73,12 @@ def test_redelivered_event_is_replied_to_once(
     assert post_event(stack, app_mention_envelope("Ev0E2E0003", ts="1700000001.000100")).status_code == 200
     calls = fake_slack.wait_for_calls("chat.postMessage", 2)
     assert [c.args["thread_ts"] for c in calls] == ["1700000000.000100", "1700000001.000100"]
-    assert sorted(redis_client.zrange("bull:slack-events:completed", 0, -1)) == [
-        "Ev0E2E0002", "Ev0E2E0003"]
+    # The reply is out before the job is recorded as completed: wait for that, with a deadline.
+    deadline = time.monotonic() + 15
+    while len(completed := sorted(redis_client.zrange("bull:slack-events:completed", 0, -1))) < 2:
+        assert time.monotonic() < deadline, completed
+        time.sleep(0.02)
+    assert completed == ["Ev0E2E0002", "Ev0E2E0003"]
 
 
 def test_bad_signature_is_rejected_and_nothing_is_enqueued(
