@@ -42,6 +42,7 @@ from tests.webhook_client import (
 )
 from tests.webhook_client import post_event as post_json_event
 from worker.handlers import default_registry
+from worker.limiter import Limits
 from worker.runner import WorkerOptions, run_worker
 
 pytestmark = [
@@ -107,8 +108,10 @@ REQUEST_KINDS = {
 async def slackq_worker(settings: Settings) -> AsyncIterator[None]:
     """slackq's worker (default handler registry) in process; stopped like SIGTERM would."""
     stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_worker(settings, default_registry(), WorkerOptions(grace_seconds=5.0), stop))
+    # Pacing off: a paced job goes to `delayed` without an attempt, and `drive_retries` reads
+    # every delay as a retry (pacing has its own tests, tests/test_worker_pacing.py).
+    options = WorkerOptions(grace_seconds=5.0, limits=Limits(per_channel=0, per_team=0))
+    task = asyncio.create_task(run_worker(settings, default_registry(), options, stop))
     try:
         yield
     finally:

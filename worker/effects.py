@@ -24,7 +24,8 @@ from redis.exceptions import RedisError
 
 from worker.errors import RedisTransientError
 
-EFFECT_TTL_SECONDS = 86_400
+# Set with PEXPIRE (granted by the least-privilege ACL in docs/acl.md, like EXPIRE).
+EFFECT_TTL_MS = 86_400_000
 # Only what a re-run may need from a Slack answer; never message bodies.
 KEPT_FIELDS = ("channel", "ts", "thread_ts", "id", "scheduled_message_id")
 
@@ -58,7 +59,7 @@ class EffectLog:
         key = self.key(job_id)
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hincrby(key, f"started:{name}", 1)
-            pipe.expire(key, EFFECT_TTL_SECONDS)
+            pipe.pexpire(key, EFFECT_TTL_MS)
             started, _ = await self._run(pipe.execute())
         if int(started) > 1:
             await self._run(self.client.incr(self.duplicates_key))
@@ -70,7 +71,7 @@ class EffectLog:
         key = self.key(job_id)
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(key, f"done:{name}", json.dumps(summary(result), separators=(",", ":")))
-            pipe.expire(key, EFFECT_TTL_SECONDS)
+            pipe.pexpire(key, EFFECT_TTL_MS)
             await self._run(pipe.execute())
 
     async def possible_duplicates(self) -> int:

@@ -30,6 +30,7 @@ from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from slack_sdk.web.async_client import AsyncWebClient
+from structlog.typing import FilteringBoundLogger
 
 from slackq.connection import bullmq_connection, redis_kwargs, require_noeviction
 from slackq.models import Envelope, parse_envelope, team_of
@@ -104,55 +105,57 @@ class Dispatcher:
 
     async def __call__(self, job: Job, token: str) -> Any:
         data = job.data if isinstance(job.data, dict) else {"payload": job.data}
-        # Bound for the rest of this job's task, so the worker's event listeners log them too.
-        structlog.contextvars.bind_contextvars(
-            job_id=job.id, job_name=job.name, event_id=data.get("event_id"),
-            team_id=data.get("team_id"), attempt=job.attemptsMade + 1,
-        )
+        fields = {"job_id": job.id, "job_name": job.name, "event_id": data.get("event_id"),
+                  "team_id": data.get("team_id"), "attempt": job.attemptsMade + 1}
+        # Also bound for the rest of this job's task, so the worker's event listeners log them.
+        structlog.contextvars.bind_contextvars(**fields)
+        bound = log.bind(**fields)
         handler = self.registry.get(job.name)
         if handler is None:
-            log.warning("job_ignored", reason="no handler registered")
+            bound.warning("job_ignored", reason="no handler registered")
             return {"ignored": True, "reason": f"no handler for {job.name}"}
         try:
-            ctx = self._context(job, data, _validate(data))
+            ctx = self._context(job, data, _validate(data), bound)
             return await handler(ctx)
         except Deferred as exc:
-            await self._defer(job, token, exc)
+            await self._defer(job, token, exc, bound)
             raise DelayedError(str(exc)) from exc
         except PermanentError as exc:
-            log.warning("job_failed_permanently", reason=str(exc))
+            bound.warning("job_failed_permanently", reason=str(exc))
             raise UnrecoverableError(str(exc)) from exc
         except Exception as exc:
-            self._plan_retry(job, exc)
+            self._plan_retry(job, exc, bound)
             raise
 
-    def _context(self, job: Job, data: dict[str, Any], envelope: Envelope) -> JobContext:
+    def _context(self, job: Job, data: dict[str, Any], envelope: Envelope,
+                 bound: FilteringBoundLogger) -> JobContext:
         team_id = team_of(envelope) or "-"
-        bound = log.bind()
         slack = JobSlack(self.slack, str(job.id), team_id, bound, self.limiter, self.effects)
         return JobContext(
             name=job.name, job_id=str(job.id), attempt=job.attemptsMade + 1,
             data=data, slack=slack, log=bound, envelope=envelope,
         )
 
-    async def _defer(self, job: Job, token: str, exc: Deferred) -> None:
+    async def _defer(
+        self, job: Job, token: str, exc: Deferred, bound: FilteringBoundLogger
+    ) -> None:
         # A channel slot is reserved for exactly this job: come back right on time.
         exact = isinstance(exc, PacingLimited) and exc.scope == "channel"
         delay_ms = defer_delay_ms(exc.delay_seconds, self.rand(), 0.0 if exact else 0.2)
         await job.moveToDelayed(int(time.time() * 1000) + delay_ms, token)
-        log.info("job_deferred", reason=exc.reason, delay_ms=delay_ms)
+        bound.info("job_deferred", reason=exc.reason, delay_ms=delay_ms)
 
-    def _plan_retry(self, job: Job, exc: Exception) -> None:
+    def _plan_retry(self, job: Job, exc: Exception, bound: FilteringBoundLogger) -> None:
         """Give the port this failure's delay as a `fixed` backoff: Node's formula with jitter."""
         backoff = Backoff.from_opts(job.opts.get("backoff"))
         attempts = int(job.opts.get("attempts") or 1)
         if backoff is None or not will_retry(job.attemptsMade, attempts):
-            log.error("job_attempts_exhausted", error=str(exc), error_type=type(exc).__name__,
+            bound.error("job_attempts_exhausted", error=str(exc), error_type=type(exc).__name__,
                       attempts=attempts)
             return
         delay_ms = backoff_delay_ms(backoff, job.attemptsMade + 1, self.rand())
         job.opts["backoff"] = {"type": "fixed", "delay": delay_ms}
-        log.warning("job_retry_scheduled", error=str(exc), error_type=type(exc).__name__,
+        bound.warning("job_retry_scheduled", error=str(exc), error_type=type(exc).__name__,
                     delay_ms=delay_ms, attempts=attempts)
 
 
