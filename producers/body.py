@@ -20,8 +20,8 @@ from producers.errors import BodyTooLarge, MalformedRequest, UnsupportedMediaTyp
 MAX_BODY_BYTES = 1024 * 1024
 # Slack forms carry ~15 fields; a form with many more is not Slack's.
 MAX_FORM_FIELDS = 100
-# The longest name or id slackq puts into a job name, job id or log line.
-MAX_FIELD_CHARS = 255
+# The longest request field (team id, trigger id) slackq copies into a log line.
+MAX_LOG_FIELD_CHARS = 255
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
@@ -92,25 +92,26 @@ def parse_form(raw: bytes) -> dict[str, str]:
     return form
 
 
-def optional_text(source: Mapping[str, Any], key: str) -> str | None:
-    """`source[key]` if it is a short, printable, UTF-8-encodable, non-empty string; else None.
+def required_text(source: Mapping[str, Any], key: str) -> str:
+    """`source[key]` if it is a non-empty, UTF-8-encodable string; else 400.
 
     Job names and ids go through msgpack and Redis as UTF-8: a JSON `\\ud800` escape would make
-    them unencodable, so such a value counts as absent, never as a server error.
+    them unencodable, so such a value is bad input, never a server error. Whether an id suits
+    BullMQ is `slackq.contract.validate_job_id`'s call alone.
     """
     value = source.get(key)
-    if (isinstance(value, str) and 0 < len(value) <= MAX_FIELD_CHARS and value.isprintable()
+    if isinstance(value, str) and value and _encodable(value):
+        return value
+    raise MalformedRequest(f"field {key!r} missing or not a string")
+
+
+def log_text(source: Mapping[str, Any], key: str) -> str | None:
+    """`source[key]` for a log line (team id, trigger id): a short printable string, or None."""
+    value = source.get(key)
+    if (isinstance(value, str) and 0 < len(value) <= MAX_LOG_FIELD_CHARS and value.isprintable()
             and _encodable(value)):
         return value
     return None
-
-
-def required_text(source: Mapping[str, Any], key: str) -> str:
-    """`optional_text(source, key)`, or 400 when it is absent or not such a string."""
-    value = optional_text(source, key)
-    if value is None:
-        raise MalformedRequest(f"field {key!r} missing or not a short string")
-    return value
 
 
 def _encodable(value: str) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse, Response
 
-from producers.body import optional_text, required_text
+from producers.body import log_text, required_text
 from producers.errors import MalformedRequest
 from producers.jobs import SlackJob, checked_job_id
 
@@ -32,7 +32,8 @@ def command_job(form: dict[str, str], ack_text: str = "") -> SlackJob:
         name=JOB_NAME_PREFIX + command,
         data=dict(form),
         job_id=checked_job_id(JOB_ID_PREFIX + trigger_id),
-        log_context={"team_id": optional_text(form, "team_id"), "trigger_id": trigger_id},
+        log_context={"team_id": log_text(form, "team_id"),
+                     "trigger_id": log_text(form, "trigger_id")},
         ack=command_ack(ack_text),
     )
 

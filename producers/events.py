@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from starlette.responses import JSONResponse, Response
 
-from producers.body import optional_text, required_text
+from producers.body import log_text, required_text
 from producers.errors import MalformedRequest
 from producers.jobs import Outcome, SlackJob, checked_job_id
 from producers.metrics import ProducerMetrics
@@ -33,7 +33,7 @@ def event_outcome(payload: dict[str, Any], metrics: ProducerMetrics) -> Outcome:
         return JSONResponse({"challenge": challenge})
     if kind == "app_rate_limited":
         metrics.app_rate_limited.inc()
-        log.warning("slack_app_rate_limited", team_id=optional_text(payload, "team_id"),
+        log.warning("slack_app_rate_limited", team_id=log_text(payload, "team_id"),
                     minute_rate_limited=payload.get("minute_rate_limited"))
         return Response(status_code=200)
     log.info("slack_request_not_enqueued", type=str(kind)[:64])
@@ -50,6 +50,6 @@ def _event_job(payload: dict[str, Any]) -> SlackJob:
         name=event_type,
         data=payload,
         job_id=checked_job_id(event_id),
-        log_context={"team_id": optional_text(payload, "team_id"),
-                     "event_id": event_id},
+        log_context={"team_id": log_text(payload, "team_id"),
+                     "event_id": log_text(payload, "event_id")},
     )

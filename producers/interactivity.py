@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 
-from producers.body import optional_text, parse_json_object, required_text
+from producers.body import log_text, parse_json_object, required_text
 from producers.errors import MalformedRequest
 from producers.jobs import SlackJob, checked_job_id
 
@@ -27,7 +27,7 @@ def interactive_job(form: dict[str, str]) -> SlackJob:
     raw = required_payload(form)
     payload = parse_json_object(raw, what="field 'payload'")
     kind = required_text(payload, "type")
-    trigger_id = optional_text(payload, "trigger_id")
+    trigger_id = required_text(payload, "trigger_id") if "trigger_id" in payload else None
     if trigger_id is not None:
         job_id = JOB_ID_PREFIX + trigger_id
     else:
@@ -36,7 +36,7 @@ def interactive_job(form: dict[str, str]) -> SlackJob:
         name=JOB_NAME_PREFIX + kind,
         data=payload,
         job_id=checked_job_id(job_id),
-        log_context={"team_id": _team_id(payload), "trigger_id": trigger_id},
+        log_context={"team_id": _team_id(payload), "trigger_id": log_text(payload, "trigger_id")},
     )
 
 
@@ -51,8 +51,8 @@ def required_payload(form: dict[str, str]) -> str:
 def _team_id(payload: dict[str, object]) -> str | None:
     """`team.id`, or `user.team_id` (some payloads, e.g. from Enterprise Grid, lack `team`)."""
     team, user = payload.get("team"), payload.get("user")
-    if isinstance(team, dict) and (team_id := optional_text(team, "id")):
+    if isinstance(team, dict) and (team_id := log_text(team, "id")):
         return team_id
     if isinstance(user, dict):
-        return optional_text(user, "team_id")
+        return log_text(user, "team_id")
     return None
