@@ -5,7 +5,7 @@
 
 Everything in the document comes from the code: queue defaults from `Settings`, options from
 `slackq.contract.job_options`, handled names from the worker's default registry, data schemas from
-pydantic models. A test keeps the committed file equal to the generated one.
+pydantic models in `slackq.models`. A test keeps the committed files equal to the generated ones.
 """
 
 from __future__ import annotations
@@ -16,87 +16,17 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from slackq import contract
+from slackq.models import EventCallback, InteractionPayload, SlashCommand
 from slackq.settings import Settings
 
 DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
 TEMPLATE_PATH = Path(__file__).resolve().parent / "job_contract.md.tmpl"
 NODE_BULLMQ = "6.7.0"
-
-
-class _SlackModel(BaseModel):
-    # Slack adds fields without notice: keep everything as received, document what is relied on.
-    model_config = ConfigDict(extra="allow")
-
-
-class Authorization(_SlackModel):
-    team_id: str | None = None
-    user_id: str | None = None
-    is_bot: bool | None = None
-
-
-class InnerEvent(_SlackModel):
-    """The inner `event` of an Events API callback; `type` becomes the job name."""
-
-    type: str
-    event_ts: str | None = None
-
-
-class AppMentionEvent(InnerEvent):
-    """`app_mention`: what the built-in handler reads to reply in the thread."""
-
-    type: Literal["app_mention"]
-    user: str | None = None
-    text: str
-    ts: str
-    channel: str
-    thread_ts: str | None = None
-
-
-class EventCallback(_SlackModel):
-    """Job data for Events API jobs: Slack's `event_callback` envelope exactly as received."""
-
-    type: Literal["event_callback"]
-    team_id: str
-    api_app_id: str
-    event: InnerEvent
-    event_id: str
-    event_time: int
-    authorizations: list[Authorization] | None = None
-
-
-class AppMentionCallback(EventCallback):
-    """Job data for `app_mention` jobs."""
-
-    event: AppMentionEvent
-
-
-class SlashCommandForm(_SlackModel):
-    """Job data for `command:<command>` jobs: the slash command's form fields as received (all
-    strings)."""
-
-    command: str
-    team_id: str
-    channel_id: str
-    user_id: str
-    text: str = ""
-    trigger_id: str
-    response_url: str | None = None
-    api_app_id: str | None = None
-
-
-class InteractionPayload(_SlackModel):
-    """Job data for `interactive:<type>` jobs: the JSON of the form's `payload` field."""
-
-    type: str
-    user: dict[str, Any]
-    team: dict[str, Any] | None = None
-    trigger_id: str | None = None
-    api_app_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +52,7 @@ def job_kinds() -> tuple[JobKind, ...]:
             produced_by="`POST /slack/events`, `event_callback` whose `event.type` is "
                         "`app_mention`",
             job_id="`event_id` (e.g. `Ev0123ABCD`)",
-            data=AppMentionCallback,
+            data=EventCallback,
             returns='`{"channel": "C…", "ts": "1700000000.000100"}` (the reply in the thread)',
         ),
         JobKind(
@@ -138,7 +68,7 @@ def job_kinds() -> tuple[JobKind, ...]:
                  f"`{commands.JOB_NAME_PREFIX}/deploy`)",
             produced_by="`POST /slack/commands` (form-encoded)",
             job_id=f"`{commands.JOB_ID_PREFIX}<trigger_id>`",
-            data=SlashCommandForm,
+            data=SlashCommand,
             returns=ignored,
         ),
         JobKind(
@@ -258,15 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs-dir", type=Path, default=DOCS_DIR)
     args = parser.parse_args(argv)
     files = generated_files(args.docs_dir)
+    # A schema file whose model is gone from the contract must go too.
+    leftovers = sorted(set((args.docs_dir / "schemas").glob("*.schema.json")) - set(files))
     if args.check:
         stale = [path for path, text in files.items()
                  if not path.exists() or path.read_text() != text]
-        for path in stale:
+        for path in stale + leftovers:
             print(f"{path} is out of date: run python -m slackq.contract_doc", file=sys.stderr)
-        return 1 if stale else 0
+        return 1 if stale or leftovers else 0
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+    for path in leftovers:
+        path.unlink()
     return 0
 
 

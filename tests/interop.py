@@ -206,7 +206,8 @@ async def drive_retries(
 
     The first retry runs after its real delay (the measured gap between the starts of the first
     two attempts is returned); later retries are promoted with BullMQ's own `promote` as soon as
-    their delay is recorded, so a 5-attempt job does not take 15 s.
+    their delay is recorded, so a 5-attempt job does not take 15 s. Deferrals that do not count
+    as an attempt (pacing, 429) are left to run their course.
     """
     delays: dict[int, int] = {}
     first_started = 0
@@ -220,7 +221,9 @@ async def drive_retries(
             first_wait = started - first_started
         if job.state == "failed":
             return job
-        if job.state == "delayed" and job.attempts_made not in delays:
+        # A failed attempt moves the job to delayed with `atm` one higher. A deferral (slackq's
+        # pacing, a 429) moves it there without burning an attempt: same `atm`, ignored here.
+        if job.state == "delayed" and job.attempts_made > 0 and job.attempts_made not in delays:
             delays[job.attempts_made] = int(job.fields["delay"])
             if job.attempts_made == 1:
                 first_started = started

@@ -12,15 +12,12 @@ from producers.app import create_app
 from slackq.contract import job_options
 from slackq.contract_doc import (
     DOCS_DIR,
-    AppMentionCallback,
-    EventCallback,
-    InteractionPayload,
-    SlashCommandForm,
     default_settings,
     generated_files,
     job_kinds,
     main,
 )
+from slackq.models import AppMentionEvent, EventCallback, InteractionPayload, SlashCommand
 from tests.slack_requests import SIGNING_SECRET, app_mention_envelope
 from tests.webhook_client import (
     block_actions_payload,
@@ -39,8 +36,15 @@ def test_check_detects_a_stale_contract(tmp_path: Path) -> None:
     assert main(["--docs-dir", str(tmp_path)]) == 0
     assert main(["--check", "--docs-dir", str(tmp_path)]) == 0
     contract = tmp_path / "job-contract.md"
-    contract.write_text(contract.read_text().replace('"attempts": 5', '"attempts": 3'))
+    original = contract.read_text()
+    contract.write_text(original.replace('"attempts": 5', '"attempts": 3'))
     assert main(["--check", "--docs-dir", str(tmp_path)]) == 1
+    contract.write_text(original)
+    leftover = tmp_path / "schemas" / "Gone.schema.json"
+    leftover.write_text("{}")
+    assert main(["--check", "--docs-dir", str(tmp_path)]) == 1
+    assert main(["--docs-dir", str(tmp_path)]) == 0
+    assert not leftover.exists()
 
 
 def test_contract_shows_the_options_every_job_carries() -> None:
@@ -57,7 +61,9 @@ def test_every_handled_name_is_documented() -> None:
 
 def test_schemas_accept_the_payloads_the_producer_stores() -> None:
     envelope = app_mention_envelope("Ev0DOC0001", thread_ts="1700000000.000001")
-    assert AppMentionCallback.model_validate(envelope).model_dump(exclude_unset=True) == envelope
+    parsed = EventCallback.model_validate(envelope)
+    assert isinstance(parsed.event, AppMentionEvent)
+    assert parsed.model_dump(exclude_unset=True) == envelope
     reaction = {**envelope, "event": {"type": "reaction_added", "reaction": "eyes",
                                       "event_ts": "1700000000.000200"}}
     assert EventCallback.model_validate(reaction).model_dump(exclude_unset=True) == reaction
@@ -76,7 +82,7 @@ def test_every_webhook_route_that_stores_jobs_is_documented() -> None:
 
 def test_command_and_interaction_schemas_accept_what_the_producer_stores() -> None:
     form = command_form()
-    assert SlashCommandForm.model_validate(form).model_dump(exclude_unset=True) == form
+    assert SlashCommand.model_validate(form).model_dump(exclude_unset=True) == form
     for payload in (block_actions_payload(), view_submission_payload(), view_closed_payload()):
         model = InteractionPayload.model_validate(payload)
         assert model.model_dump(exclude_unset=True) == payload

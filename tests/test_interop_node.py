@@ -22,7 +22,7 @@ from bullmq import Job, Queue
 
 from slackq.contract import job_options
 from slackq.settings import Settings
-from tests.fake_slack import FakeSlack, server_error
+from tests.fake_slack import FakeSlack, server_error, slack_error
 from tests.interop import (
     RetryTrace,
     drive_retries,
@@ -243,27 +243,25 @@ async def test_slackq_worker_failing_a_node_job_retries_with_its_backoff(
 
 
 async def test_node_queue_events_sees_slackq_completions_and_failures(
-    settings: Settings, aredis: aioredis.Redis, bull_queue: Queue, fake_slack: FakeSlack
+    settings: Settings, fake_slack: FakeSlack
 ) -> None:
-    attempts = job_options("Ev0INTEROP05")["attempts"]
+    # A permanent Slack error fails the second job at once (UnrecoverableError); retries are
+    # covered by the failure tests above.
     async with node_script("events", config(settings, limit=2)) as events:
         await events.wait_for("ready")
         async with webhook(settings) as client, slackq_worker(settings):
             await post_event(client, app_mention_envelope("Ev0INTEROP05"))
             await events.wait_for("completed")
-            fake_slack.script("chat.postMessage", *[server_error(503) for _ in range(attempts)])
+            fake_slack.script("chat.postMessage", slack_error("channel_not_found"))
             await post_event(client, app_mention_envelope("Ev0INTEROP06", ts="1700000002.000100"))
-            await drive_retries(aredis, settings.queue_prefix, bull_queue, "Ev0INTEROP06")
-        messages = await events.finish()
+            messages = await events.finish()
 
     [completed] = [m for m in messages if m["event"] == "completed"]
     assert completed["jobId"] == "Ev0INTEROP05"
     assert completed["returnvalue"]["channel"] == "C0CHAN001"
     [failed] = [m for m in messages if m["event"] == "failed"]
     assert failed["jobId"] == "Ev0INTEROP06"
-    assert "fatal_error" in failed["failedReason"]
-    assert [m["attemptsMade"] for m in messages if m["event"] == "retries-exhausted"] == [attempts]
-    assert len([m for m in messages if m["event"] == "delayed"]) == attempts - 1
+    assert "channel_not_found" in failed["failedReason"]
 
 
 async def _finished(aredis: aioredis.Redis, settings: Settings, job_id: str) -> Any:
@@ -297,13 +295,14 @@ async def test_failed_jobs_are_kept_24_hours_and_no_longer(
                 await post_event(client, app_mention_envelope("Ev0AGENOW"))
             await node.finish()
     else:
-        fake_slack.script("chat.postMessage", *[server_error(500) for _ in range(5)])
+        # A permanent Slack error: slackq's worker fails the job at once (UnrecoverableError).
+        fake_slack.script("chat.postMessage", slack_error("channel_not_found"))
         jobs = [{"name": "app_mention", "data": app_mention_envelope("Ev0AGENOW"),
                  "opts": job_options("Ev0AGENOW")}]
         async with node_script("producer", config(settings, jobs=jobs)) as node:
             await node.finish()
         async with slackq_worker(settings):
-            await drive_retries(aredis, settings.queue_prefix, bull_queue, "Ev0AGENOW")
+            await until(lambda: _finished(aredis, settings, "Ev0AGENOW"), 15, "the failure")
 
     async def state(job_id: str) -> str:
         return (await stored_job(aredis, settings.queue_prefix, settings.queue_name, job_id)).state
