@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from bullmq import Queue
 
 from slackq.settings import Settings
-from tests.fake_slack import FakeSlack
+from tests.fake_slack import FakeSlack, rate_limited
 from tests.worker_app import app_registry
 from tests.worker_helpers import add_mention, job_key, make_queue, state_key, wait_until
 from worker.errors import PacingLimited
@@ -106,3 +106,29 @@ async def test_a_flooding_team_does_not_starve_another_team(
 
 async def _completed_at_least(client: aioredis.Redis, settings: Settings, count: int) -> bool:
     return int(await client.zcard(state_key(settings, "completed"))) >= count
+
+
+async def test_a_429_holds_the_channel_for_every_job_until_retry_after(
+    settings: Settings, aclient: aioredis.Redis, fake_slack: FakeSlack
+) -> None:
+    fake_slack.script("chat.postMessage", rate_limited(2))
+    queue: Queue = make_queue(settings)
+    runtime = await start_worker(
+        settings, app_registry(),
+        WorkerOptions(grace_seconds=3, limits=Limits(per_channel=5, per_team=0)),
+    )
+    try:
+        for n in range(3):
+            await add_mention(queue, f"Ev0HOLD000{n}", channel="C0HELD")
+        await wait_until(lambda: _completed_at_least(aclient, settings, 3), 20, "3 jobs done")
+        calls = fake_slack.calls_to("chat.postMessage")
+        # One 429, then nothing in that channel until Retry-After has passed, then the 3 replies.
+        assert len(calls) == 4
+        assert all(later.at - calls[0].at >= 2.0 for later in calls[1:])
+        assert await aclient.zcard(state_key(settings, "failed")) == 0
+        # Slack refused the 429'd call: posting it again later is no duplicate.
+        effects = f"{settings.queue_prefix}:slackq:{settings.queue_name}:effects"
+        assert await aclient.get(f"{effects}:possible-duplicates") is None
+    finally:
+        await runtime.stop()
+        await queue.close()

@@ -11,8 +11,9 @@ from structlog.typing import FilteringBoundLogger
 
 from slackq.models import Envelope
 from worker.effects import EffectLog
+from worker.errors import SlackRateLimited, WorkerError
 from worker.limiter import Limiter
-from worker.slack import call_slack
+from worker.slack import call_slack, refused
 
 # Calls that post into a channel and therefore count against Slack's per-channel pace.
 PACED_METHODS = frozenset({
@@ -52,10 +53,21 @@ class JobSlack:
             await self.limiter.acquire(self.team_id, channel, self.job_id)
         if self.effects is not None and await self.effects.begin(self.job_id, name):
             self.log.warning("slack_effect_possible_duplicate", effect=name)
-        result = await call_slack(self.client, method, params)
+        try:
+            result = await call_slack(self.client, method, params)
+        except WorkerError as exc:
+            await self._after_error(exc, name, channel)
+            raise
         if self.effects is not None:
             await self.effects.record(self.job_id, name, result)
         return result
+
+    async def _after_error(self, error: WorkerError, name: str, channel: Any) -> None:
+        if self.effects is not None and refused(error):
+            await self.effects.abandon(self.job_id, name)  # Slack did not do it: no duplicate risk
+        if isinstance(error, SlackRateLimited) and self.limiter is not None and isinstance(
+                channel, str):
+            await self.limiter.hold(self.team_id, channel, error.delay_seconds)
 
 
 @dataclass(frozen=True)

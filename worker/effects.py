@@ -66,6 +66,10 @@ class EffectLog:
             return True
         return False
 
+    async def abandon(self, job_id: str, name: str) -> None:
+        """Undo `begin`: Slack answered that the call did not take effect."""
+        await self._run(self.client.hincrby(self.key(job_id), f"started:{name}", -1))
+
     async def record(self, job_id: str, name: str, result: dict[str, Any]) -> None:
         """Store what Slack answered for `name`."""
         key = self.key(job_id)

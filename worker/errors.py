@@ -48,12 +48,17 @@ class TransientError(WorkerError):
 
 
 class SlackTransientError(TransientError):
-    """Slack could not be reached, timed out, answered 5xx or a transient `ok: false` code."""
+    """Slack could not be reached, timed out, answered 5xx or a transient `ok: false` code.
 
-    def __init__(self, reason: str, method: str) -> None:
+    `refused` is True when Slack answered that it did not do it (`ok: false` below HTTP 500);
+    otherwise the call may or may not have taken effect.
+    """
+
+    def __init__(self, reason: str, method: str, *, refused: bool = False) -> None:
         super().__init__(f"Slack {method}: {reason}")
         self.reason = reason
         self.method = method
+        self.refused = refused
 
 
 class RedisTransientError(TransientError):

@@ -58,6 +58,11 @@ if channel_iv > 0 then
     return {last + channel_iv - now, 'channel'}
   end
 end
+-- Slack answered 429 for this channel: nobody calls before its Retry-After is over.
+local held = tonumber(redis.call('GET', KEYS[5]) or '0')
+if now < held then
+  return {held - now, 'channel'}
+end
 
 if team_iv > 0 then
   local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -73,6 +78,19 @@ if channel_iv > 0 then
 end
 redis.call('DEL', KEYS[3])
 return {0, ''}
+"""
+
+
+HOLD_LUA = """
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local free_at = now + tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if free_at > tat then
+  redis.call('SET', KEYS[1], free_at, 'PX', free_at - now + 1000)
+end
+return free_at - now
 """
 
 
@@ -100,6 +118,7 @@ class Limiter:
         self.limits = limits
         self.base = f"{prefix}:slackq:{queue}:rate"
         self._script = client.register_script(ACQUIRE_LUA)
+        self._hold = client.register_script(HOLD_LUA)
 
     def keys(self, team_id: str, channel: str, job_id: str) -> list[str]:
         return [
@@ -107,6 +126,7 @@ class Limiter:
             f"{self.base}:team:{team_id}",
             f"{self.base}:resv:{job_id}:{channel}",
             f"{self.base}:last:{team_id}:{channel}",
+            f"{self.base}:hold:{team_id}:{channel}",
         ]
 
     async def acquire(self, team_id: str, channel: str, job_id: str) -> None:
@@ -124,3 +144,15 @@ class Limiter:
         if int(wait_ms) > 0:
             scope = scope.decode() if isinstance(scope, bytes) else str(scope)
             raise PacingLimited(int(wait_ms) / 1000, scope)
+
+    async def hold(self, team_id: str, channel: str, seconds: float) -> None:
+        """Slack said 429 for this channel: give out no slot in it for `seconds`.
+
+        Without this every job already queued for the channel would call Slack and collect its
+        own 429 during the window.
+        """
+        key = self.keys(team_id, channel, "-")[4]
+        try:
+            await self._hold(keys=[key], args=[math.ceil(seconds * 1000)])
+        except RedisError as exc:
+            raise RedisTransientError(f"rate limiter: {type(exc).__name__}") from exc

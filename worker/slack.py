@@ -62,7 +62,14 @@ def convert_api_error(exc: SlackApiError, method: str) -> WorkerError:
         return SlackTransientError(f"HTTP {status} {code or ''}".strip(), method)
     if code is not None and is_permanent_slack_error(code):
         return SlackPermanentError(code, method)
-    return SlackTransientError(code or f"HTTP {status}", method)
+    return SlackTransientError(code or f"HTTP {status}", method, refused=status is not None)
+
+
+def refused(error: WorkerError) -> bool:
+    """Slack's answer says the call did not take effect (so it is safe to make it again)."""
+    if isinstance(error, SlackRateLimited | SlackPermanentError):
+        return True
+    return isinstance(error, SlackTransientError) and error.refused
 
 
 async def call_slack(client: AsyncWebClient, method: str, params: dict[str, Any]) -> dict[str, Any]:
