@@ -27,6 +27,7 @@ from producers.commands import command_job
 from producers.enqueue import EnqueuePolicy, Enqueuer
 from producers.errors import MalformedRequest, RequestRejected, Unauthorized
 from producers.events import event_outcome
+from producers.health import ops_routes
 from producers.interactivity import interactive_job
 from producers.jobs import Outcome, SlackJob
 from producers.metrics import ProducerMetrics
@@ -164,12 +165,14 @@ def create_app(settings: Settings, policy: EnqueuePolicy | None = None) -> Starl
         finally:
             await app.state.enqueuer.close()
 
+    metrics = ProducerMetrics()
     app = Starlette(
         routes=[
             Route("/slack/events", slack_events, methods=["POST"]),
             Route("/slack/commands", slack_commands, methods=["POST"]),
             Route("/slack/interactivity", slack_interactivity, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
+            *ops_routes(settings, metrics.registry),  # /health/redis, /metrics
         ],
         exception_handlers={RequestRejected: _rejected,
                             HTTPException: _http_error},
@@ -177,5 +180,5 @@ def create_app(settings: Settings, policy: EnqueuePolicy | None = None) -> Starl
     )
     app.state.settings = settings
     app.state.verifier = RequestVerifier(settings.signing_secret())
-    app.state.metrics = ProducerMetrics()
+    app.state.metrics = metrics
     return app

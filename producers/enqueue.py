@@ -10,6 +10,7 @@ was in fact stored a no-op, and BullMQ's Lua script makes concurrent adds of one
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -29,6 +30,7 @@ from producers.jobs import SlackJob
 from slackq.connection import producer_client
 from slackq.contract import job_options
 from slackq.errors import RedisUnavailable
+from slackq.metrics import observe_enqueue
 from slackq.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -81,6 +83,7 @@ class Enqueuer:
 
         A job whose id is already stored returns that id and stores nothing new.
         """
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.policy.budget_seconds):
                 async for attempt in self.policy.retrying():
@@ -90,6 +93,7 @@ class Enqueuer:
             raise RedisUnavailable(f"job {job.job_id} not stored within the budget") from exc
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"job {job.job_id} not stored: {type(exc).__name__}") from exc
+        observe_enqueue(job.name, time.monotonic() - started)
         return str(stored.id)
 
     async def ping(self) -> bool:

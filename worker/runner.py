@@ -33,6 +33,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from structlog.typing import FilteringBoundLogger
 
 from slackq.connection import bullmq_connection, redis_kwargs, require_noeviction
+from slackq.metrics import instrument_worker, record_deferred
 from slackq.models import Envelope, parse_envelope, team_of
 from slackq.settings import Settings
 from worker.context import JobContext, JobSlack
@@ -144,6 +145,7 @@ class Dispatcher:
         delay_ms = defer_delay_ms(exc.delay_seconds, self.rand(), 0.0 if exact else 0.2)
         await job.moveToDelayed(int(time.time() * 1000) + delay_ms, token)
         bound.info("job_deferred", reason=exc.reason, delay_ms=delay_ms)
+        record_deferred(job.name, exc.reason)
 
     def _plan_retry(self, job: Job, exc: Exception, bound: FilteringBoundLogger) -> None:
         """Give the port this failure's delay as a `fixed` backoff: Node's formula with jitter."""
@@ -259,6 +261,7 @@ async def start_worker(
         effects=EffectLog(client, settings.queue_prefix, settings.queue_name),
     )
     worker = build_worker(settings, dispatcher, options)
+    instrument_worker(worker, settings)  # Prometheus listeners; serves METRICS_PORT when set
     # Load server capabilities before run(): without them short delays round up to ~1 s. The
     # eviction policy was checked above (and allowed on purpose): silence the port's warning.
     with warnings.catch_warnings():

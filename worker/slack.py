@@ -16,6 +16,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from slackq.metrics import InstrumentedWebClient
 from worker.errors import (
     SlackPermanentError,
     SlackRateLimited,
@@ -31,7 +32,7 @@ CALL_TIMEOUT_SECONDS = 10
 
 def make_client(token: str, base_url: str) -> AsyncWebClient:
     """The worker's Web API client: short timeout, one in-call retry on connection errors."""
-    return AsyncWebClient(
+    return InstrumentedWebClient(  # counts outcomes by method and error code
         token=token,
         base_url=base_url,
         timeout=CALL_TIMEOUT_SECONDS,
