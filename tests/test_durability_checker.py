@@ -89,14 +89,3 @@ def test_ledger_round_trip_ignores_a_torn_last_line(tmp_path: Path) -> None:
     assert data.ready_seconds == [0.25]
     assert check(data, CheckInput(mode="crash", kills_planned=1)).verdict == "pass"
 
-
-def test_powerloss_is_skipped_with_a_reason_when_libfuse3_is_missing(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import ctypes.util
-
-    from slackq.durability import powerloss
-
-    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
-    reason = powerloss.unavailable_reason()
-    assert reason is not None and "libfuse3" in reason

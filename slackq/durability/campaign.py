@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import structlog
 
-from slackq.durability.chaos import Chaos, kill_schedule
+from slackq.durability.chaos import Chaos, UnsyncedDropper, kill_schedule
 from slackq.durability.checker import CheckInput, Mode, check
 from slackq.durability.ledger import Ledger, read_ledger
 from slackq.durability.servers import LocalServer, ServerControl, resolve_binary
@@ -118,7 +118,7 @@ class Outcome:
 
 
 async def _traffic_with_chaos(config: CampaignConfig, server: ServerControl, layout: Layout,
-                              seed: int, dropper: Any) -> Outcome:
+                              seed: int, dropper: UnsyncedDropper | None) -> Outcome:
     traffic = config.traffic
     ledger = Ledger(layout.ledger)
     producers = Producers(server.url, ledger, traffic, plan_jobs(traffic, seed))

@@ -116,7 +116,7 @@ class PageCache:
             del entry.pages[number]
         if rest and last in entry.pages:
             entry.pages[last][rest:] = bytes(PAGE - rest)
-        entry.unsynced_bytes += 1
+        entry.unsynced_bytes += 1  # a pending truncate counts as one unsynced byte
 
     def flush(self, key: tuple[int, int]) -> None:
         """Make an inode's cached state durable: write it to the backing file."""
