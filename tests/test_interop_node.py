@@ -154,6 +154,10 @@ async def assert_failed_and_kept_24h(aredis: aioredis.Redis, settings: Settings,
     assert job.state == "failed"
     assert job.attempts_made == opts["attempts"]
     assert job.opts["removeOnFail"] == {"age": DAY_SECONDS}
+    # The stored options are still the producer's (slackq's worker computes Node's jittered
+    # delay itself but must not rewrite `backoff` for the next consumer).
+    assert {key: job.opts[key] for key in ("attempts", "backoff", "removeOnComplete")} == {
+        key: opts[key] for key in ("attempts", "backoff", "removeOnComplete")}
     # Retention by age is applied by BullMQ when later jobs finish; nothing expires the hash.
     key = f"{settings.queue_prefix}:{settings.queue_name}:{job.id}"
     assert await aredis.ttl(key) == -1
@@ -337,3 +341,30 @@ async def test_redeliveries_are_deduplicated_across_implementations(
         job = await stored_job(aredis, settings.queue_prefix, settings.queue_name,
                                envelope["event_id"])
         assert job.data == envelope, "the first delivery's data must be kept"
+
+
+async def test_node_and_slackq_workers_share_a_queue_each_job_processed_once(
+    settings: Settings, aredis: aioredis.Redis, fake_slack: FakeSlack
+) -> None:
+    """Both implementations consume the same queue at once: every job runs exactly once."""
+    ids = [f"Ev0SHARED{n:02d}" for n in range(12)]
+    base = f"{settings.queue_prefix}:{settings.queue_name}"
+    worker_config = config(settings, mode="complete", limit=len(ids))
+    async with node_script("worker", worker_config) as node, slackq_worker(settings):
+        await node.wait_for("ready")
+        async with webhook(settings) as client:
+            for n, job_id in enumerate(ids):
+                # One channel each: slackq's per-channel pacing is not what this test is about.
+                await post_event(client, app_mention_envelope(job_id, channel=f"C0SHARED{n:02d}"))
+
+        async def all_completed() -> bool:
+            return bool(await aredis.zcard(f"{base}:completed") == len(ids))
+
+        await until(all_completed, 30, "every shared job to complete")
+    by_node = [m["id"] for m in node.messages if m["event"] == "process"]
+    by_slackq = [c.args["channel"] for c in fake_slack.calls_to("chat.postMessage")]
+    assert len(by_node) + len(by_slackq) == len(ids), (by_node, by_slackq)
+    assert len(set(by_node)) == len(by_node) and len(set(by_slackq)) == len(by_slackq)
+    handled_by_slackq = {f"Ev0SHARED{channel[-2:]}" for channel in by_slackq}
+    assert handled_by_slackq.isdisjoint(by_node)
+    assert await aredis.zcard(f"{base}:failed") == 0
