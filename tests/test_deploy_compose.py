@@ -20,7 +20,10 @@ from typing import Any
 import pytest
 import redis
 import yaml
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from producers.app import create_app
 from slackq.embedded import PROJECT_ROOT, RedisProcess, free_port
 from slackq.settings import Settings
 from tests.processes import procfile_commands
@@ -120,6 +123,8 @@ def test_health_checks_and_start_order(compose: dict[str, Any]) -> None:
         assert services[name]["depends_on"] == {"redis": {"condition": "service_healthy"}}
     web_check = " ".join(services["web"]["healthcheck"]["test"])
     assert f"127.0.0.1:{services['web']['environment']['PORT']}/health/redis" in web_check
+    app = create_app(Settings(slack_signing_secret="unused"))
+    assert {"/health/redis", "/metrics"} <= {getattr(route, "path", "") for route in app.routes}
     worker_check = " ".join(services["worker"]["healthcheck"]["test"])
     assert f"127.0.0.1:{services['worker']['environment']['METRICS_PORT']}/metrics" in worker_check
     # Heroku-like grace: the worker drains for 25 s after SIGTERM, compose waits 30 s.
@@ -183,7 +188,9 @@ def test_redis_service_command_and_health_check_run(
         wrong = {**env, "REDIS_PASSWORD": "not-the-password"}
         assert subprocess.run(["sh", "-c", check], env=wrong, timeout=10,
                               stderr=subprocess.DEVNULL).returncode != 0
-        with redis.Redis(port=port) as anonymous, pytest.raises(redis.AuthenticationError):
+        no_retry = Retry(NoBackoff(), 0)  # redis-py retries a refused AUTH with backoff
+        with redis.Redis(port=port, retry=no_retry) as anonymous, \
+                pytest.raises(redis.AuthenticationError):
             anonymous.ping()
         with redis.Redis(port=port, password=password, decode_responses=True) as client:
             assert client.config_get("appendonly")["appendonly"] == "yes"
