@@ -26,6 +26,8 @@ from tests.webhook_client import (
 
 EVENT = encode(app_mention_envelope("Ev0BAD0001"))
 COMMAND = urlencode(command_form("1.2.bad")).encode()
+# Python's json reads it; BullMQ's job data (json.dumps(allow_nan=False)) would raise a 500.
+INFINITE_EVENT = EVENT.replace(b'"event_ts"', b'"score":Infinity,"event_ts"')
 
 
 def signed(body: bytes, content_type: str = JSON, **overrides: str) -> dict[str, str]:
@@ -74,6 +76,8 @@ ROWS: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
      signed(b'{"type": "event_callback"'), 400, "malformed"),
     ("JSON array", "/slack/events", b"[1, 2]", signed(b"[1, 2]"), 400, "malformed"),
     ("JSON with NaN", "/slack/events", b'{"type": NaN}', signed(b'{"type": NaN}'), 400,
+     "malformed"),
+    ("Infinity inside an event", "/slack/events", INFINITE_EVENT, signed(INFINITE_EVENT), 400,
      "malformed"),
     # slack-sdk's verifier decodes the body as UTF-8 first: such a body cannot verify.
     ("not UTF-8", "/slack/events", b'{"type": "\xff"}', signed_raw(b'{"type": "\xff"}'), 401,
