@@ -45,6 +45,8 @@ def run_parser() -> argparse.ArgumentParser:
                         default="everysec")
     parser.add_argument("--loss-window", type=float, default=2.0,
                         help="powerloss: seconds before a kill within which losing acks is allowed")
+    parser.add_argument("--slow-fsync", type=float, default=0.0, metavar="SECONDS",
+                        help="put the data dir on the FUSE layer and make every fsync this slow")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--producers", type=int, default=4)
@@ -71,7 +73,7 @@ def main(argv: list[str]) -> int:
     config = CampaignConfig(
         mode=args.mode, kills=args.kills, server=args.server, backend=args.backend,
         seed=args.seed, appendonly=args.appendonly, appendfsync=args.appendfsync,
-        loss_window=args.loss_window, work_dir=args.work_dir,
+        loss_window=args.loss_window, work_dir=args.work_dir, slow_fsync=args.slow_fsync,
         traffic=TrafficConfig(jobs=args.jobs, duration=args.duration, workers=args.workers,
                               concurrency=args.concurrency, producers=args.producers),
     )

@@ -43,6 +43,9 @@ class CampaignConfig:
     appendfsync: str = "everysec"
     loss_window: float = 2.0
     drain_timeout: float = 60.0
+    # > 0: the data directory sits on the FUSE layer (in either mode) and every fsync takes this
+    # many extra seconds, a slow disk. Redis then postpones AOF writes but still replies.
+    slow_fsync: float = 0.0
     work_dir: Path | None = None
     traffic: TrafficConfig = field(default_factory=TrafficConfig)
 
@@ -79,13 +82,14 @@ async def run_campaign(config: CampaignConfig) -> dict[str, Any]:
     print(f"durability: mode={config.mode} seed={seed} work_dir={root}", flush=True)
     async with contextlib.AsyncExitStack() as stack:
         dropper = None
-        if config.mode == "powerloss":
+        if config.mode == "powerloss" or config.slow_fsync > 0:
             from slackq.durability.powerloss import PowerLossDisk
 
-            dropper = PowerLossDisk(backing=layout.disk, mount=layout.data,
-                                    control_dir=layout.root)
-            await asyncio.to_thread(dropper.start)
-            stack.callback(dropper.stop)
+            disk = PowerLossDisk(backing=layout.disk, mount=layout.data,
+                                 control_dir=layout.root, fsync_delay=config.slow_fsync)
+            await asyncio.to_thread(disk.start)
+            stack.callback(disk.stop)
+            dropper = disk if config.mode == "powerloss" else None
         server = _server(config, layout)
         await asyncio.to_thread(server.start)
         stack.callback(server.stop)
@@ -160,6 +164,7 @@ def _report(config: CampaignConfig, seed: int, layout: Layout, server: ServerCon
         "server": server.describe(),
         "appendonly": config.appendonly,
         "appendfsync": config.appendfsync,
+        "slow_fsync_seconds": config.slow_fsync,
         "seed": seed,
         "jobs_planned": config.traffic.jobs,
         "sent": len(data.sent),

@@ -21,6 +21,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,8 +158,11 @@ def _operations_base() -> type:
     return Operations  # type: ignore[no-any-return]
 
 
-def build_operations(backing: Path, cache: PageCache) -> Any:
-    """The mfusepy Operations object (mfusepy is imported only where FUSE is used)."""
+def build_operations(backing: Path, cache: PageCache, fsync_delay: float = 0.0) -> Any:
+    """The mfusepy Operations object (mfusepy is imported only where FUSE is used).
+
+    `fsync_delay` simulates a slow disk: every fsync takes that many extra seconds.
+    """
     # mfusepy turns an OSError raised by an operation into -errno for the kernel.
     base = _operations_base()
 
@@ -297,6 +301,8 @@ def build_operations(backing: Path, cache: PageCache) -> Any:
             return 0
 
         def fsync(self, _path: str, _datasync: int, fh: int) -> int:
+            if fsync_delay:
+                time.sleep(fsync_delay)
             with cache.lock:
                 cache.flush(PageCache.key(os.fstat(fh)))
             # What reached the backing file survives the simulated power cut; the real
@@ -348,7 +354,7 @@ class _ControlServer(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
 
 
-def serve(backing: Path, mount: Path, control: Path) -> None:
+def serve(backing: Path, mount: Path, control: Path, fsync_delay: float = 0.0) -> None:
     """Mount (foreground, until unmounted) and answer control commands on a Unix socket."""
     from mfusepy import FUSE
 
@@ -359,7 +365,7 @@ def serve(backing: Path, mount: Path, control: Path) -> None:
     server.cache = cache  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
     try:
-        FUSE(build_operations(backing, cache), str(mount), foreground=True,
+        FUSE(build_operations(backing, cache, fsync_delay), str(mount), foreground=True,
              fsname="slackq-powerloss", default_permissions=True)
     finally:
         server.shutdown()
@@ -386,8 +392,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--backing", type=Path, required=True)
     parser.add_argument("--mount", type=Path, required=True)
     parser.add_argument("--control", type=Path, required=True)
+    parser.add_argument("--fsync-delay", type=float, default=0.0)
     args = parser.parse_args(argv)
-    serve(args.backing, args.mount, args.control)
+    serve(args.backing, args.mount, args.control, args.fsync_delay)
     return 0
 
 

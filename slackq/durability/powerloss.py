@@ -51,6 +51,8 @@ class PowerLossDisk:
     mount: Path
     control_dir: Path
     mount_timeout: float = 15.0
+    # Seconds added to every fsync: a slow disk (Redis then postpones AOF writes, see README).
+    fsync_delay: float = 0.0
 
     def __post_init__(self) -> None:
         self.control = self.control_dir / "powerfs.sock"
@@ -67,7 +69,8 @@ class PowerLossDisk:
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "slackq.durability.powerfs", "--backing",
-                 str(self.backing), "--mount", str(self.mount), "--control", str(self.control)],
+                 str(self.backing), "--mount", str(self.mount), "--control", str(self.control),
+                 "--fsync-delay", str(self.fsync_delay)],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self._wait_mounted()
 
