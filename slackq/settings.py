@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -10,6 +11,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from slackq.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 class Settings(BaseSettings):
@@ -25,6 +34,8 @@ class Settings(BaseSettings):
     queue_name: str = Field(default="slack-events", min_length=1)
     queue_prefix: str = Field(default="bull", min_length=1)
     worker_concurrency: int = Field(default=10, ge=1, le=1000)
+    # Worker processes per dyno under one supervisor (worker/supervisor.py); 1 = no supervisor.
+    worker_processes: int = Field(default_factory=usable_cpus, ge=1, le=64)
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     # The worker serves Prometheus metrics on this port when set (docker-compose uses 9100).

@@ -1,16 +1,21 @@
-"""`python -m worker`: one worker process (the Procfile's `worker` line)."""
+"""`python -m worker`: the Procfile's `worker` line.
+
+With `WORKER_PROCESSES` > 1 (default: the usable CPU count) this process is the supervisor of
+that many worker processes (worker/supervisor.py); with 1 it is a worker process itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
 from slackq.errors import ConfigError, RedisMisconfigured
 from slackq.logging import configure_logging
-from slackq.preflight import check_credentials
-from slackq.settings import load_settings
-from worker.handlers import default_registry
-from worker.runner import WorkerOptions, run_worker
+from slackq.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from worker.registry import HandlerRegistry
 
 
 def main() -> int:
@@ -20,10 +25,25 @@ def main() -> int:
         print(f"slackq worker: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    if settings.worker_processes > 1:
+        from worker.supervisor import supervise
+
+        return supervise(settings.worker_processes)
+    # Imported here so that the supervisor process never loads bullmq and redis.
+    from worker.handlers import default_registry
+
+    return run_process(settings, default_registry())
+
+
+def run_process(settings: Settings, registry: HandlerRegistry) -> int:
+    """One worker process with `registry` until SIGTERM/SIGINT; the process exit code."""
+    from slackq.preflight import check_credentials
+    from worker.runner import WorkerOptions, run_worker
+
     options = WorkerOptions.from_settings(settings)
     try:
         asyncio.run(check_credentials(settings.redis_url))  # wrong password/TLS: one line, exit 2
-        asyncio.run(run_worker(settings, default_registry(), options))
+        asyncio.run(run_worker(settings, registry, options))
     except RedisMisconfigured as exc:
         print(f"slackq worker: {exc}", file=sys.stderr)
         return 2
