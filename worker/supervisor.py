@@ -146,15 +146,15 @@ class Supervisor:
         return [p.pid for p in self.children.values() if p.returncode is None]
 
 
-async def _supervise(count: int, env: Mapping[str, str]) -> int:
-    supervisor = Supervisor(child_command(), count, env)
+async def _supervise(count: int, env: Mapping[str, str], command: Sequence[str]) -> int:
+    supervisor = Supervisor(command, count, env)
     loop = asyncio.get_running_loop()
     for signum in FORWARDED_SIGNALS:
         loop.add_signal_handler(signum, supervisor.request_stop, signum)
     return await supervisor.run()
 
 
-def supervise(count: int) -> int:
+def supervise(count: int, command: Sequence[str] | None = None) -> int:
     """Run `count` worker processes (each with `WORKER_PROCESSES=1`) until SIGTERM/SIGINT."""
     env = {**os.environ, "WORKER_PROCESSES": "1"}
-    return asyncio.run(_supervise(count, env))
+    return asyncio.run(_supervise(count, env, command or child_command()))

@@ -1,0 +1,462 @@
+"""slackq next to Node BullMQ 6.7.0, same Redis, same run: `python bench/run.py`.
+
+Prints Markdown tables (medians of --reps runs, Node and Python runs interleaved) and writes them,
+with the raw numbers, to reports/ (ignored by git):
+
+* enqueue: sequential, 100 concurrent (`gather`), addBulk of 100; the port's own client vs the web
+  process's Enqueuer (pooled client);
+* drain with a no-op processor at concurrency 1/10/100 per dyno: the port's Worker as it ships,
+  one slackq worker process, the slackq worker dyno (WORKER_PROCESSES processes);
+* end-to-end latency (add -> `completed` event seen) at a fixed 500 jobs/s, with worker CPU;
+* RSS idle and busy; drain and enqueue with AOF everysec vs off.
+
+Redis is a fresh `redis-server` with the project's redis.conf on a free port (never 6379).
+Node's side installs from bench/node/package-lock.json (`npm ci`) on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve() and VENV_PYTHON.exists():
+    os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), *sys.argv])
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+import redis.asyncio as aioredis  # noqa: E402
+from bullmq import Queue  # noqa: E402
+
+from bench.common import (  # noqa: E402
+    BENCH_DIR,
+    JOB_NAME,
+    NODE_DIR,
+    Background,
+    ensure_node_modules,
+    job_id,
+    job_template,
+    median,
+    options,
+    payload,
+    percentile,
+    start_redis,
+)
+from slackq.settings import usable_cpus  # noqa: E402
+
+REPORTS = ROOT / "reports"
+
+
+@dataclass
+class Run:
+    """Where everything of one benchmark run lives."""
+
+    url: str
+    server_pid: int
+    workdir: Path
+    reps: int
+    scale: float
+    results: dict[str, Any] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+    counter: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def tag(self) -> str:
+        self.counter += 1
+        return f"{self.counter:04d}"
+
+    def print(self, line: str = "") -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def sync(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+
+def base_env(run: Run, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLACK_", "REDIS_", "QUEUE_", "WORKER_"))}
+    env.update(REDIS_URL=run.url, SLACK_BOT_TOKEN="xoxb-bench-not-a-token", LOG_FORMAT="json",
+               LOG_LEVEL="info", BENCH_JOB_TEMPLATE=job_template(),
+               NODE_PATH=str(NODE_DIR / "node_modules"))
+    env.update(extra)
+    return env
+
+
+# Workers --------------------------------------------------------------------------------------
+
+def dyno_shape(concurrency: int, processes: int) -> tuple[int, int]:
+    """(processes, concurrency per process) for a dyno with `concurrency` jobs in flight."""
+    processes = max(1, min(processes, concurrency))
+    return processes, max(1, concurrency // processes)
+
+
+def start_worker(run: Run, impl: str, queue: str, concurrency: int) -> Background:
+    """A worker of `impl` on `queue` with `concurrency` jobs in flight in all (per dyno)."""
+    log = run.workdir / f"{impl}-{queue}.log"
+    if impl == "node":
+        argv = ["node", str(NODE_DIR / "worker.js"), queue, str(concurrency), run.url]
+        return Background(argv, base_env(run), log, "worker_started").wait_ready()
+    if impl == "port":
+        argv = [sys.executable, str(BENCH_DIR / "py_worker.py"), "port", queue, str(concurrency),
+                run.url]
+        return Background(argv, base_env(run), log, "worker_started").wait_ready()
+    processes, per_process = dyno_shape(concurrency, usable_cpus() if impl == "dyno" else 1)
+    env = base_env(run, QUEUE_NAME=queue, WORKER_CONCURRENCY=str(per_process),
+                   WORKER_PROCESSES=str(processes))
+    argv = [sys.executable, str(BENCH_DIR / "py_worker.py"), "dyno"]
+    return Background(argv, env, log, '"worker_started"', processes).wait_ready()
+
+
+@contextlib.contextmanager
+def workers(run: Run, impls: list[str], concurrency: int) -> Iterator[dict[str, Background]]:
+    started: dict[str, Background] = {}
+    try:
+        for impl in impls:
+            started[impl] = start_worker(run, impl, f"q-{impl}-{concurrency}", concurrency)
+        yield started
+    finally:
+        for background in started.values():
+            background.stop()
+
+
+# Queue helpers (driver side) ------------------------------------------------------------------
+
+async def fill_paused(url: str, queue_name: str, tag: str, count: int) -> None:
+    queue = Queue(queue_name, {"connection": aioredis.Redis.from_url(url, decode_responses=True)})
+    try:
+        await queue.pause()
+        for start in range(0, count, 500):
+            ids = [job_id(tag, i) for i in range(start, min(count, start + 500))]
+            await queue.addBulk([{"name": JOB_NAME, "data": payload(i), "opts": options(i)}
+                                 for i in ids])
+    finally:
+        await queue.close()
+
+
+async def resume(url: str, queue_name: str) -> None:
+    queue = Queue(queue_name, {"connection": aioredis.Redis.from_url(url, decode_responses=True)})
+    try:
+        await queue.resume()
+    finally:
+        await queue.close()
+
+
+def pending(client: redis.Redis, queue_name: str) -> int:
+    pipe = client.pipeline(transaction=False)
+    for key in ("wait", "active", "paused", "prioritized"):
+        (pipe.zcard if key == "prioritized" else pipe.llen)(f"bull:{queue_name}:{key}")
+    return sum(pipe.execute())
+
+
+def measure_drain(run: Run, worker: Background, queue_name: str, count: int,
+                  rss_samples: list[int]) -> float:
+    """Fill a paused queue, resume it, time until no job waits or runs: jobs per second."""
+    asyncio.run(fill_paused(run.url, queue_name, run.tag(), count))
+    client = run.sync()
+    try:
+        started = time.perf_counter()
+        asyncio.run(resume(run.url, queue_name))
+        deadline = started + 300
+        next_sample = 0.0
+        while pending(client, queue_name):
+            now = time.perf_counter()
+            if now > deadline:
+                tail = worker.log_path.read_text()[-2000:]
+                raise RuntimeError(f"{queue_name} did not drain:\n{tail}")
+            if now >= next_sample:
+                rss_samples.append(worker.rss_kb())
+                next_sample = now + 0.1
+            time.sleep(0.002)
+        return count / (time.perf_counter() - started)
+    finally:
+        client.close()
+
+
+def settle(run: Run) -> None:
+    """Between sections: drop the data and rewrite the AOF so that no rewrite fires mid-run."""
+    client = run.sync()
+    try:
+        client.flushdb()
+        if client.config_get("appendonly").get("appendonly") == "yes":
+            with contextlib.suppress(redis.ResponseError):
+                client.bgrewriteaof()
+            deadline = time.monotonic() + 60
+            while (client.info("persistence").get("aof_rewrite_in_progress")
+                   or client.info("persistence").get("aof_rewrite_scheduled")):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
+# Tables ---------------------------------------------------------------------------------------
+
+def fmt(value: float, unit: str = "") -> str:
+    if value != value:  # NaN
+        return "-"
+    if unit == "ms":
+        return f"{value:.2f}"
+    return f"{value:,.0f}"
+
+
+def ratio(value: float, reference: float) -> str:
+    return f"{value / reference:.2f}" if reference and value == value else "-"
+
+
+def table(run: Run, header: list[str], rows: list[list[str]]) -> None:
+    run.print("| " + " | ".join(header) + " |")
+    run.print("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        run.print("| " + " | ".join(row) + " |")
+    run.print()
+
+
+# Sections -------------------------------------------------------------------------------------
+
+def enqueue_once(run: Run, impl: str, mode: str, count: int) -> float:
+    """Jobs stored per second; adds that failed are left out of the count (and reported)."""
+    queue_name = f"e-{impl}-{mode}"
+    tag = run.tag()
+    if impl == "node":
+        argv = ["node", str(NODE_DIR / "enqueue.js"), mode, str(count), queue_name, run.url, tag]
+    else:
+        argv = [sys.executable, str(BENCH_DIR / "py_enqueue.py"), mode, impl, str(count),
+                queue_name, run.url, tag]
+    out = subprocess.run(argv, env=base_env(run), capture_output=True, text=True, check=False,
+                         cwd=ROOT, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"{argv} failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    failed = int(result.get("failed", 0))
+    if failed:
+        run.failures[f"{impl} {mode}"] = max(run.failures.get(f"{impl} {mode}", 0), failed)
+    return (count - failed) / result["seconds"]
+
+
+def section_enqueue(run: Run, label: str = "enqueue") -> dict[str, dict[str, float]]:
+    impls = ["node", "port", "slackq", "blocking"]
+    count = int(3000 * run.scale)
+    medians: dict[str, dict[str, float]] = {}
+    for mode in ("sequential", "concurrent", "bulk"):
+        samples: dict[str, list[float]] = defaultdict(list)
+        for _ in range(run.reps):
+            for impl in impls:
+                samples[impl].append(enqueue_once(run, impl, mode, count))
+            settle(run)
+        medians[mode] = {impl: median(values) for impl, values in samples.items()}
+    run.results[label] = medians
+    run.print(f"### Enqueue ({count} jobs of 1.1 KB, jobs/s, median of {run.reps})")
+    run.print()
+    rows = [[mode, fmt(m["node"]), fmt(m["port"]), fmt(m["slackq"]), fmt(m["blocking"]),
+             ratio(m["port"], m["node"]), ratio(m["slackq"], m["node"]),
+             ratio(m["blocking"], m["node"])]
+            for mode, m in medians.items()]
+    table(run, ["add", "Node", "Python, port's client", "slackq Enqueuer (pool of 64)",
+                "blocking pool of 64", "port/Node", "Enqueuer/Node", "blocking/Node"], rows)
+    for what, failed in run.failures.items():
+        run.print(f"- {what}: {failed} of {count} adds failed (not stored) in one run")
+    if run.failures:
+        run.print()
+    return medians
+
+
+def section_drain(run: Run) -> None:
+    impls = ["node", "port", "slackq", "dyno"]
+    medians: dict[int, dict[str, float]] = {}
+    rss: dict[str, dict[str, int]] = {}
+    for concurrency in (1, 10, 100):
+        count = int((3000 if concurrency == 1 else 10000) * run.scale)
+        single = dyno_shape(concurrency, usable_cpus())[0] == 1
+        chosen = [i for i in impls if not (i == "dyno" and single)]
+        samples: dict[str, list[float]] = defaultdict(list)
+        busy: dict[str, list[int]] = defaultdict(list)
+        with workers(run, chosen, concurrency) as started:
+            if concurrency == 100:
+                time.sleep(1.0)  # let start-up garbage settle before the idle reading
+                rss = {impl: {"idle": w.rss_kb()} for impl, w in started.items()}
+            for _ in range(run.reps):
+                for impl, worker in started.items():
+                    samples[impl].append(measure_drain(
+                        run, worker, f"q-{impl}-{concurrency}", count, busy[impl]))
+        settle(run)
+        medians[concurrency] = {impl: median(values) for impl, values in samples.items()}
+        if concurrency == 100:
+            for impl, values in busy.items():
+                rss[impl]["busy"] = max(values) if values else 0
+    run.results["drain"] = medians
+    run.results["rss_kb"] = rss
+    processes = usable_cpus()
+    run.print(f"### Drain, no-op processor (jobs/s, median of {run.reps}; the dyno runs "
+              f"{processes} processes sharing the concurrency)")
+    run.print()
+    rows = []
+    for concurrency, m in medians.items():
+        dyno = m.get("dyno", m["slackq"])
+        rows.append([str(concurrency), fmt(m["node"]), fmt(m["port"]), fmt(m["slackq"]), fmt(dyno),
+                     ratio(m["port"], m["node"]), ratio(m["slackq"], m["node"]),
+                     ratio(dyno, m["node"])])
+    table(run, ["concurrency per dyno", "Node", "port Worker", "slackq, 1 process",
+                "slackq dyno", "port/Node", "1 process/Node", "dyno/Node"], rows)
+    run.print("### Memory (RSS, MB; busy = peak while draining at concurrency 100)")
+    run.print()
+    rows = [[impl, f"{v['idle'] / 1024:.1f}", f"{v.get('busy', 0) / 1024:.1f}"]
+            for impl, v in rss.items()]
+    table(run, ["worker", "idle", "busy"], rows)
+
+
+def latency_probe(run: Run, queue_name: str, rate: float, seconds: float,
+                  warmup: float) -> list[float]:
+    """bench/node/latency.js: adds at `rate`/s (open loop), times each until `completed`.
+
+    The probe is the same program for every worker under test, and a light one (Node), so that
+    it perturbs the 2-core machine as little as possible.
+    """
+    argv = ["node", str(NODE_DIR / "latency.js"), run.url, queue_name, str(rate), str(seconds),
+            str(warmup), run.tag()]
+    out = subprocess.run(argv, env=base_env(run), capture_output=True, text=True, check=False,
+                         cwd=ROOT, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"latency probe failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["lost"]:
+        run.print(f"- {queue_name}: {result['lost']} jobs not completed 10 s after the last add")
+    return [float(v) for v in result["latencies_ms"]]
+
+
+def section_latency(run: Run) -> None:
+    rate, seconds, warmup = 500.0, max(3.0, 8.0 * run.scale), 1.0
+    impls = ["node", "port", "dyno"]
+    concurrency = 10
+    results: dict[str, dict[str, float]] = {}
+    for impl in impls:
+        with workers(run, [impl], concurrency) as started:
+            worker = started[impl]
+            time.sleep(0.5)
+            cpu_before, wall_before = worker.cpu_seconds(), time.perf_counter()
+            server_before = _server_cpu(run)
+            latencies = latency_probe(run, f"q-{impl}-{concurrency}", rate, seconds, warmup)
+            wall = time.perf_counter() - wall_before
+            cpu = (worker.cpu_seconds() - cpu_before) / wall * 100
+            redis_cpu = (_server_cpu(run) - server_before) / wall * 100
+        settle(run)
+        results[impl] = {"p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
+                         "cpu": cpu, "redis_cpu": redis_cpu, "n": len(latencies)}
+    run.results["latency"] = results
+    run.print(f"### End-to-end latency at {rate:.0f} jobs/s for {seconds:.0f} s "
+              f"(add -> `completed` event; worker concurrency {concurrency} per dyno)")
+    run.print()
+    node = results["node"]
+    rows = [[impl, f"{r['p50']:.2f}", f"{r['p99']:.2f}", ratio(r["p99"], node["p99"]),
+             f"{r['cpu']:.0f}%", f"{r['redis_cpu']:.0f}%", str(int(r["n"]))]
+            for impl, r in results.items()]
+    table(run, ["worker", "p50 ms", "p99 ms", "p99/Node", "worker CPU (of one core)",
+                "Redis CPU", "jobs timed"], rows)
+
+
+def _server_cpu(run: Run) -> float:
+    from bench.common import cpu_seconds
+
+    return cpu_seconds(run.server_pid)
+
+
+def section_aof(run: Run) -> None:
+    impls = ["node", "dyno"]
+    count = int(10000 * run.scale)
+    samples: dict[tuple[str, str], list[float]] = defaultdict(list)
+    client = run.sync()
+    try:
+        with workers(run, impls, 100) as started:
+            for _ in range(run.reps):
+                for aof in ("everysec", "off"):
+                    client.config_set("appendonly", "no" if aof == "off" else "yes")
+                    settle(run)
+                    for impl, worker in started.items():
+                        samples[(impl, aof)].append(
+                            measure_drain(run, worker, f"q-{impl}-100", count, []))
+                    for impl in ("node", "slackq"):
+                        samples[(f"add-{impl}", aof)].append(
+                            enqueue_once(run, impl, "concurrent", int(3000 * run.scale)))
+        client.config_set("appendonly", "yes")
+    finally:
+        client.close()
+    settle(run)
+    m = {f"{k[0]}|{k[1]}": median(v) for k, v in samples.items()}
+    run.results["aof"] = m
+    run.print(f"### AOF everysec vs off (jobs/s, median of {run.reps})")
+    run.print()
+    rows = []
+    for label, key in (("drain c=100, Node", "node"), ("drain c=100, slackq dyno", "dyno"),
+                       ("add x100 concurrent, Node", "add-node"),
+                       ("add x100 concurrent, slackq Enqueuer", "add-slackq")):
+        on, off = m[f"{key}|everysec"], m[f"{key}|off"]
+        rows.append([label, fmt(on), fmt(off), ratio(on, off)])
+    table(run, ["", "AOF everysec", "AOF off", "everysec/off"], rows)
+
+
+SECTIONS: dict[str, Callable[[Run], Any]] = {
+    "enqueue": section_enqueue, "drain": section_drain, "latency": section_latency,
+    "aof": section_aof,
+}
+
+
+def describe_machine(run: Run) -> None:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               "unknown CPU")
+    client = run.sync()
+    version = client.info("server").get("redis_version")
+    client.close()
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    load = os.getloadavg()
+    run.print(f"Machine: {usable_cpus()} usable CPUs ({cpu}), Redis {version} on loopback "
+              f"(project redis.conf), Python {sys.version.split()[0]}, Node {node}; "
+              f"load average at start {load[0]:.2f}.")
+    run.print()
+    run.results["machine"] = {"cpus": usable_cpus(), "cpu": cpu, "redis": version,
+                              "python": sys.version.split()[0], "node": node, "load": load}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per measurement")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply job counts")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    args = parser.parse_args(argv)
+    ensure_node_modules()
+    REPORTS.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="slackq-bench-") as tmp:
+        server = start_redis(Path(tmp) / "redis")
+        assert server.process is not None
+        run = Run(url=server.url, server_pid=server.process.pid, workdir=Path(tmp),
+                  reps=args.reps, scale=args.scale)
+        started = time.perf_counter()
+        try:
+            describe_machine(run)
+            for name in args.only.split(","):
+                SECTIONS[name](run)
+        finally:
+            server.kill()
+        run.print(f"(bench took {time.perf_counter() - started:.0f} s)")
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    (REPORTS / f"bench-{stamp}.json").write_text(json.dumps(run.results, indent=2))
+    (REPORTS / f"bench-{stamp}.md").write_text("\n".join(run.lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
