@@ -17,6 +17,8 @@ from slackq.embedded import PROJECT_ROOT, RedisProcess
 
 BENCH_DIR = PROJECT_ROOT / "bench"
 NODE_DIR = BENCH_DIR / "node"
+# Node BullMQ 6.7.0 + ioredis, pinned by the interop tests' lock file (`npm ci` there).
+NODE_MODULES_DIR = PROJECT_ROOT / "tests" / "node"
 JOB_NAME = "bench_noop"
 PAYLOAD_BYTES = 1100
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -108,15 +110,15 @@ def python() -> str:
 
 
 def node_ready() -> bool:
-    return (NODE_DIR / "node_modules" / "bullmq").exists() and (
-        NODE_DIR / "node_modules" / "ioredis").exists()
+    modules = NODE_MODULES_DIR / "node_modules"
+    return (modules / "bullmq").exists() and (modules / "ioredis").exists()
 
 
 def ensure_node_modules() -> None:
-    """`npm ci` bench/node (bullmq 6.7.0 + ioredis from its lock file) once."""
+    """`npm ci` tests/node (bullmq 6.7.0 + ioredis from its lock file) when not done yet."""
     if not node_ready():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=NODE_DIR,
-                       check=True)
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"],
+                       cwd=NODE_MODULES_DIR, check=True)
 
 
 class Background:

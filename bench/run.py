@@ -11,7 +11,7 @@ with the raw numbers, to reports/ (ignored by git):
 * RSS idle and busy; drain and enqueue with AOF everysec vs off.
 
 Redis is a fresh `redis-server` with the project's redis.conf on a free port (never 6379).
-Node's side installs from bench/node/package-lock.json (`npm ci`) on first use.
+Node's side is tests/node's pinned bullmq + ioredis (`npm ci` there on first use).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from bench.common import (  # noqa: E402
     BENCH_DIR,
     JOB_NAME,
     NODE_DIR,
+    NODE_MODULES_DIR,
     Background,
     ensure_node_modules,
     job_id,
@@ -91,7 +92,7 @@ def base_env(run: Run, **extra: str) -> dict[str, str]:
            if not k.startswith(("SLACK_", "REDIS_", "QUEUE_", "WORKER_"))}
     env.update(REDIS_URL=run.url, SLACK_BOT_TOKEN="xoxb-bench-not-a-token", LOG_FORMAT="json",
                LOG_LEVEL="info", BENCH_JOB_TEMPLATE=job_template(),
-               NODE_PATH=str(NODE_DIR / "node_modules"))
+               NODE_PATH=str(NODE_MODULES_DIR / "node_modules"))
     env.update(extra)
     return env
 
