@@ -67,6 +67,25 @@ def ensure_node_modules() -> None:
     stamp.write_text(wanted)
 
 
+def ensure_fuse3() -> None:
+    """Install Debian's fuse3 for the power-loss durability tests, when we may and must.
+
+    Only as root on a Debian-like machine (CI here); elsewhere those tests skip with the reason.
+    """
+    import ctypes.util
+
+    if ctypes.util.find_library("fuse3") is not None:
+        return
+    if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print("dev.py: libfuse3 missing; power-loss tests will be skipped", flush=True)
+        return
+    print("dev.py: apt-get install fuse3 (power-loss durability tests)", flush=True)
+    quiet = {"stdout": subprocess.DEVNULL, "env": {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}}
+    subprocess.run(["apt-get", "update", "-qq"], check=False, **quiet)  # type: ignore[call-overload]
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "fuse3"],
+                   check=False, **quiet)  # type: ignore[call-overload]
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"run", "test"}:
         print(__doc__, file=sys.stderr)
@@ -77,6 +96,7 @@ def main(argv: list[str]) -> int:
         return subprocess.call([str(PYTHON), "-m", "slackq.run", *rest], cwd=ROOT)
     ensure_venv(ROOT / "requirements-test.lock")
     ensure_node_modules()
+    ensure_fuse3()
     return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT)
 
 
