@@ -80,10 +80,10 @@ def ensure_fuse3() -> None:
         print("dev.py: libfuse3 missing; power-loss tests will be skipped", flush=True)
         return
     print("dev.py: apt-get install fuse3 (power-loss durability tests)", flush=True)
-    quiet = {"stdout": subprocess.DEVNULL, "env": {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}}
-    subprocess.run(["apt-get", "update", "-qq"], check=False, **quiet)  # type: ignore[call-overload]
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "fuse3"],
-                   check=False, **quiet)  # type: ignore[call-overload]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"],
+                    ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "fuse3"]):
+        subprocess.run(command, check=False, env=env, stdout=subprocess.DEVNULL)
 
 
 def main(argv: list[str]) -> int:
