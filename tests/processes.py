@@ -28,6 +28,9 @@ def process_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "REDIS_", "QUEUE_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["LOG_FORMAT"] = "json"
+    # One worker process per `worker` dyno unless a test asks for more (tests/test_supervisor.py):
+    # the default (the CPU count) would make connection counts depend on the machine.
+    env["WORKER_PROCESSES"] = "1"
     env.update(overrides)
     return env
 
