@@ -17,7 +17,11 @@ Hooks, each a line or two where the event happens:
 
 from __future__ import annotations
 
+import atexit
+import os
 import re
+import shutil
+import tempfile
 import time
 import weakref
 from collections import OrderedDict
@@ -28,6 +32,7 @@ import redis
 import structlog
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -235,10 +240,36 @@ def attach_worker_listeners(worker: Any) -> None:
     worker.on("failed", on_failed)
 
 
+# Set by `serve_supervisor_metrics` for the worker processes of a supervisor.
+SUPERVISED_ENV = "SLACKQ_METRICS_SUPERVISED"
+
+
+def serve_supervisor_metrics(settings: Settings) -> None:
+    """Call before a supervisor starts its worker processes (WORKER_PROCESSES > 1).
+
+    The children cannot all bind METRICS_PORT: they write their metrics to a shared directory
+    (prometheus-client's multiprocess mode, `PROMETHEUS_MULTIPROC_DIR`, inherited through the
+    environment) and this process serves their sum, plus the queue counts, on METRICS_PORT.
+    """
+    if not settings.metrics_port:
+        return
+    directory = tempfile.mkdtemp(prefix="slackq-metrics-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    os.environ[SUPERVISED_ENV] = "1"
+    registry = CollectorRegistry(auto_describe=False)
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    registry.register(QueueCountsCollector(settings.redis_url, settings.queue_prefix,
+                                           settings.queue_name))
+    start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
+    log.info("metrics_serving", port=settings.metrics_port, processes="all children")
+
+
 def instrument_worker(worker: Any, settings: Settings) -> None:
-    """Attach the listeners; serve `/metrics` on `METRICS_PORT` (all interfaces) when set."""
+    """Attach the listeners; serve `/metrics` on `METRICS_PORT` (all interfaces) when set,
+    unless a supervisor serves them for all its worker processes."""
     attach_worker_listeners(worker)
-    if settings.metrics_port:
+    if settings.metrics_port and not os.environ.get(SUPERVISED_ENV):
         registry = exposition_registry(settings.redis_url, settings.queue_prefix,
                                        settings.queue_name)
         start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)

@@ -106,11 +106,14 @@ class TLSRedis(RedisProcess):
 @contextmanager
 def procfile_stack(redis_url: str, fake_slack: FakeSlack, log_dir: Path,
                    **extra_env: str) -> Iterator[tuple[str, Proc, Proc]]:
-    """The Procfile's web and worker against `redis_url`; yields (base_url, web, worker)."""
+    """The Procfile's web and worker against `redis_url`; yields (base_url, web, worker).
+
+    One worker process unless `extra_env` sets WORKER_PROCESSES (the machine is shared).
+    """
     port = free_port()
     env = process_env(REDIS_URL=redis_url, SLACK_SIGNING_SECRET=SIGNING_SECRET,
                       SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_API_URL=fake_slack.base_url,
-                      PORT=str(port), **extra_env)
+                      PORT=str(port), **{"WORKER_PROCESSES": "1", **extra_env})
     web, worker = Proc("web", env, log_dir), Proc("worker", env, log_dir)
     try:
         wait_http_ok(f"http://127.0.0.1:{port}/health", proc=web)
@@ -124,7 +127,7 @@ def procfile_stack(redis_url: str, fake_slack: FakeSlack, log_dir: Path,
 def start_fails(name: str, redis_url: str, log_dir: Path, timeout: float = 30) -> tuple[int, str]:
     """Start one Procfile process that must refuse to start; return (exit code, its output)."""
     env = process_env(REDIS_URL=redis_url, SLACK_SIGNING_SECRET=SIGNING_SECRET,
-                      SLACK_BOT_TOKEN=BOT_TOKEN, PORT=str(free_port()))
+                      SLACK_BOT_TOKEN=BOT_TOKEN, PORT=str(free_port()), WORKER_PROCESSES="1")
     proc = Proc(name, env, log_dir)
     try:
         code = proc.wait(timeout)

@@ -45,8 +45,9 @@ def test_web_and_worker_metrics_and_readiness(
     # One reply fails (HTTP 500: the job is retried), one is rate-limited (429: the job is
     # delayed by Retry-After without spending an attempt); both jobs then complete.
     fake_slack.script("chat.postMessage", server_error(500), rate_limited(1))
-    with procfile_stack(redis_server.url, fake_slack, tmp_path,
-                        METRICS_PORT=str(metrics_port)) as (base, _web, _worker):
+    # Two worker processes under the supervisor: it serves their sum on METRICS_PORT.
+    with procfile_stack(redis_server.url, fake_slack, tmp_path, METRICS_PORT=str(metrics_port),
+                        WORKER_PROCESSES="2") as (base, _web, worker_proc):
         ready = httpx.get(f"{base}/health/redis", timeout=5)
         assert ready.status_code == 200
         assert ready.json()["healthy"] is True
@@ -62,6 +63,10 @@ def test_web_and_worker_metrics_and_readiness(
             p, "slackq_jobs_completed_total", job_name="app_mention") >= 2, within=30)
         web = scrape_until(f"{base}/metrics", lambda p: value(
             p, "slackq_queue_jobs", queue="slack-events", state="completed") >= 2)
+
+    log = worker_proc.output()
+    assert log.count("worker_started") == 2, log
+    assert "worker_process_restarting" not in log and "Address already in use" not in log, log
 
     assert value(web, "slackq_jobs_enqueued_total", job_name="app_mention") == 2
     assert value(web, "slackq_enqueue_duration_seconds_count", job_name="app_mention") == 2
