@@ -128,10 +128,20 @@ async def _store(request: Request, kind: str, outcome: Outcome) -> Response:
             log.error("job_not_stored", job_name=outcome.name, error=str(exc))
             return JSONResponse({"ok": False, "error": "not_stored"}, status_code=503)
         metrics.requests.labels(kind, "stored").inc()
-        log.info("job_stored", job_name=outcome.name, stored_as=stored_id,
-                 retry_num=request.headers.get("x-slack-retry-num"),
-                 retry_reason=request.headers.get("x-slack-retry-reason"))
+        log.info("job_stored", job_name=outcome.name, **_delivery(request, outcome, stored_id))
     return outcome.ack
+
+
+def _delivery(request: Request, job: SlackJob, stored_id: str) -> dict[str, str]:
+    """What a log line adds about a delivery: Slack's retry headers and an existing job's id,
+    only when there are some (every field costs on the hot path)."""
+    fields = {}
+    if (retry_num := request.headers.get("x-slack-retry-num")) is not None:
+        fields["retry_num"] = retry_num
+        fields["retry_reason"] = request.headers.get("x-slack-retry-reason", "")
+    if stored_id != job.job_id:
+        fields["stored_as"] = stored_id
+    return fields
 
 
 async def _rejected(request: Request, exc: Exception) -> Response:
