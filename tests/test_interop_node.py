@@ -22,9 +22,10 @@ from bullmq import Job, Queue
 
 from slackq.contract import job_options
 from slackq.settings import Settings
-from tests.fake_slack import FakeSlack, server_error, slack_error
+from tests.fake_slack import FakeSlack, rate_limited, server_error, slack_error
 from tests.interop import (
     RetryTrace,
+    StoredJob,
     drive_retries,
     node_config,
     node_script,
@@ -368,3 +369,29 @@ async def test_node_and_slackq_workers_share_a_queue_each_job_processed_once(
     handled_by_slackq = {f"Ev0SHARED{channel[-2:]}" for channel in by_slackq}
     assert handled_by_slackq.isdisjoint(by_node)
     assert await aredis.zcard(f"{base}:failed") == 0
+
+
+async def test_a_job_slackq_deferred_on_a_429_is_an_ordinary_delayed_job_for_node(
+    settings: Settings, aredis: aioredis.Redis, fake_slack: FakeSlack
+) -> None:
+    """slackq's 429 deferral (moveToDelayed, no attempt burned) hands Node a normal job."""
+    fake_slack.script("chat.postMessage", rate_limited(1))
+    jobs = [{"name": "app_mention", "data": app_mention_envelope("Ev0DEFER01"),
+             "opts": job_options("Ev0DEFER01")}]
+    async with node_script("producer", config(settings, jobs=jobs)) as node:
+        await node.finish()
+
+    async def deferred() -> StoredJob | None:
+        job = await stored_job(aredis, settings.queue_prefix, settings.queue_name, "Ev0DEFER01")
+        return job if job.state == "delayed" else None
+
+    async with slackq_worker(settings):
+        job = await until(deferred, 15, "slackq to defer the rate-limited job")
+    assert job.attempts_made == 0
+    assert len(fake_slack.calls_to("chat.postMessage")) == 1
+
+    async with node_script("worker", config(settings, mode="complete", limit=1)) as node:
+        messages = await node.finish()
+    [seen] = [m for m in messages if m["event"] == "process"]
+    assert (seen["id"], seen["attemptsMade"]) == ("Ev0DEFER01", 0)
+    assert seen["data"] == app_mention_envelope("Ev0DEFER01")
