@@ -247,10 +247,15 @@ async def start_worker(
     options = options or WorkerOptions.from_settings(settings)
     client = command_client(settings.redis_url, options)
     try:
-        policy = await require_noeviction(client, allow_eviction=options.allow_eviction)
+        return await _start(settings, registry, options, client)
     except BaseException:
         await client.aclose()
         raise
+
+
+async def _start(settings: Settings, registry: HandlerRegistry, options: WorkerOptions,
+                 client: aioredis.Redis) -> WorkerRuntime:
+    policy = await require_noeviction(client, allow_eviction=options.allow_eviction)
     if policy != "noeviction":
         log.warning("redis_eviction_allowed", maxmemory_policy=policy,
                     reason="SLACKQ_ALLOW_EVICTION=1; jobs may be evicted (development only)")
@@ -264,10 +269,15 @@ async def start_worker(
     instrument_worker(worker, settings)  # Prometheus listeners; serves METRICS_PORT when set
     # Load server capabilities before run(): without them short delays round up to ~1 s. The
     # eviction policy was checked above (and allowed on purpose): silence the port's warning.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="IMPORTANT! Eviction policy")
-        await worker.blockingRedisConnection.getRedisVersion()
-        await worker.redisConnection.getRedisVersion()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="IMPORTANT! Eviction policy")
+            await worker.blockingRedisConnection.getRedisVersion()
+            await worker.redisConnection.getRedisVersion()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await worker.close(force=True)
+        raise
     run_task = asyncio.create_task(worker.run(), name="bullmq-worker")
     log.info("worker_started", queue=settings.queue_name, handlers=registry.names(),
              concurrency=settings.worker_concurrency, lock_duration_ms=options.lock_duration_ms,
