@@ -24,7 +24,8 @@ from slackq.metrics import track_connect
 
 
 def redis_kwargs(url: str) -> dict[str, Any]:
-    """Keyword arguments for `redis.asyncio.Redis(...)` from a redis://, rediss:// or unix:// URL."""
+    """Keyword arguments for `redis.asyncio.Redis(...)` from a redis://, rediss:// or unix:// URL.
+    """
     parsed: dict[str, Any] = dict(parse_url(url))
     connection_class = parsed.pop("connection_class", None)
     if connection_class is SSLConnection:

@@ -16,6 +16,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -56,7 +57,8 @@ class RedisProcess:
     config_file: Path | None = REDIS_CONF
     overrides: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
-    # Outside data_dir when the data directory is a fault-injecting file system (durability harness).
+    # Outside data_dir when the data directory is a fault-injecting file system
+    # (the durability harness).
     log_file: Path | None = None
 
     @property
@@ -107,12 +109,13 @@ class RedisProcess:
                     if client.ping():
                         return time.monotonic() - started
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"redis-server not ready after {timeout}s: {self._log_tail()}")
+                    raise TimeoutError(
+                        f"redis-server not ready after {timeout}s: {self._log_tail()}")
                 time.sleep(0.02)
         finally:
             client.close()
 
-    def _auth(self) -> dict[str, str]:
+    def _auth(self) -> dict[str, Any]:
         password = self.overrides.get("requirepass")
         return {"password": password} if password else {}
 

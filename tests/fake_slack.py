@@ -94,7 +94,8 @@ class FakeSlack:
             self._ts += 1
         if method == "chat.postMessage":
             return Scripted(200, {"ok": True, "channel": args.get("channel"),
-                                  "ts": f"{self._ts}.000100", "message": {"text": args.get("text")}})
+                                  "ts": f"{self._ts}.000100",
+                                  "message": {"text": args.get("text")}})
         if method == "auth.test":
             return Scripted(200, {"ok": True, "team_id": "T000FAKE", "user_id": "U000BOT"})
         return Scripted()
@@ -103,7 +104,7 @@ class FakeSlack:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:  # http.server's naming
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length).decode()
                 ctype = self.headers.get("Content-Type", "")

@@ -74,7 +74,8 @@ class Proc:
             if text in self.output():
                 return
             if self.popen.poll() is not None:
-                raise AssertionError(f"{self.name} exited {self.popen.returncode}:\n{self.output()}")
+                code = self.popen.returncode
+                raise AssertionError(f"{self.name} exited {code}:\n{self.output()}")
             time.sleep(0.05)
         raise AssertionError(f"{self.name} did not log {text!r} in {timeout}s:\n{self.output()}")
 

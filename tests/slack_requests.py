@@ -26,7 +26,8 @@ def signed_headers(body: bytes, secret: str = SIGNING_SECRET, timestamp: int | N
 
 def app_mention_envelope(event_id: str = "Ev0TEST0001", *, team_id: str = "T0TEAM001",
                          channel: str = "C0CHAN001", ts: str = "1700000000.000100",
-                         thread_ts: str | None = None, text: str = "<@U0BOT> hello") -> dict[str, Any]:
+                         thread_ts: str | None = None,
+                         text: str = "<@U0BOT> hello") -> dict[str, Any]:
     event: dict[str, Any] = {"type": "app_mention", "user": "U0USER001", "text": text,
                              "ts": ts, "channel": channel, "event_ts": ts}
     if thread_ts:

@@ -70,7 +70,8 @@ def test_redelivered_event_is_replied_to_once(
         assert response.status_code == 200
     # A later event proves the worker kept consuming: once its reply is in, the duplicates
     # would have been processed too if they had been enqueued.
-    assert post_event(stack, app_mention_envelope("Ev0E2E0003", ts="1700000001.000100")).status_code == 200
+    later = app_mention_envelope("Ev0E2E0003", ts="1700000001.000100")
+    assert post_event(stack, later).status_code == 200
     calls = fake_slack.wait_for_calls("chat.postMessage", 2)
     assert [c.args["thread_ts"] for c in calls] == ["1700000000.000100", "1700000001.000100"]
     # The reply is out before the job is recorded as completed: wait for that, with a deadline.

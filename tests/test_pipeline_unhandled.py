@@ -1,9 +1,10 @@
-"""A job whose name has no handler completes as "ignored" with a log line: never lost, never failed."""
+"""A job whose name has no handler completes as "ignored", logged: never lost, never failed."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import redis
 import structlog
@@ -16,8 +17,8 @@ from worker.handlers import default_registry
 from worker.runner import WorkerOptions, run_worker
 
 
-async def wait_until(predicate, timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_until(predicate: Callable[[], bool], within: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
@@ -32,7 +33,8 @@ async def test_unhandled_event_type_completes_as_ignored(
                 "event": {"type": "reaction_added", "reaction": "tada"}}
     await queue.add("reaction_added", envelope, job_options("Ev0IGNORED1"))
     stop = asyncio.Event()
-    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    merge = structlog.contextvars.merge_contextvars
+    with structlog.testing.capture_logs(processors=[merge]) as logs:
         task = asyncio.create_task(
             run_worker(settings, default_registry(), WorkerOptions(grace_seconds=5), stop)
         )

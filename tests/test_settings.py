@@ -19,8 +19,10 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert settings.redis_url == "redis://localhost:6379/0"
     assert settings.slack_api_url == "https://slack.com/api/"
-    assert (settings.port, settings.queue_name, settings.queue_prefix) == (3000, "slack-events", "bull")
-    assert (settings.worker_concurrency, settings.log_format, settings.log_level) == (10, "json", "info")
+    assert (settings.port, settings.queue_name, settings.queue_prefix) == (
+        3000, "slack-events", "bull")
+    assert (settings.worker_concurrency, settings.log_format, settings.log_level) == (
+        10, "json", "info")
 
 
 def test_missing_secret_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,7 +36,9 @@ def test_missing_secret_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> N
     [("PORT", "eighty"), ("REDIS_URL", "http://localhost"), ("WORKER_CONCURRENCY", "0"),
      ("LOG_FORMAT", "xml"), ("QUEUE_NAME", "a:b")],
 )
-def test_malformed_variable_is_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+def test_malformed_variable_is_named(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=name):
         load_settings()
