@@ -4,8 +4,8 @@
 
 MODE: sequential (await each add), concurrent (100 adds in flight, `gather`), bulk (addBulk of 100).
 CLIENT: `port` (a Queue on the port's own single-connection client), `slackq` (the web process's
-Enqueuer: a pooled redis-py client, a time budget per add), or `blocking` (a Queue on a redis-py
-client whose pool of 64 waits for a free connection instead of failing).
+Enqueuer as it is: pooled client, time budget, batching of concurrent adds), or `blocking` (a
+Queue on a redis-py client whose pool of 64 waits for a free connection instead of failing).
 Prints {"seconds": ..., "failed": ...}: adds that raised are counted, not retried.
 """
 
@@ -25,6 +25,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from bench.common import JOB_NAME, job_id, options, payload
 from producers.enqueue import Enqueuer
+from producers.jobs import SlackJob
 from slackq.connection import redis_kwargs
 from slackq.errors import RedisUnavailable
 from slackq.settings import Settings
@@ -51,7 +52,7 @@ async def run(mode: str, client: str, count: int, queue_name: str, url: str,
         nonlocal failed
         if enqueuer is not None:
             try:
-                return await enqueuer.add(JOB_NAME, datas[event_id], event_id)
+                return await enqueuer.add(SlackJob(JOB_NAME, datas[event_id], event_id))
             except RedisUnavailable:
                 failed += 1
                 return None

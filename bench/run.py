@@ -105,6 +105,13 @@ def dyno_shape(concurrency: int, processes: int) -> tuple[int, int]:
     return processes, max(1, concurrency // processes)
 
 
+# slackq variants by environment: the fast paths off, or a pool of command connections.
+VARIANTS: dict[str, dict[str, str]] = {
+    "nofetch": {"WORKER_FETCH_NEXT": "0"},
+    "dyno-pool": {"WORKER_REDIS_CONNECTIONS": "4"},
+}
+
+
 def start_worker(run: Run, impl: str, queue: str, concurrency: int) -> Background:
     """A worker of `impl` on `queue` with `concurrency` jobs in flight in all (per dyno)."""
     log = run.workdir / f"{impl}-{queue}.log"
@@ -115,9 +122,10 @@ def start_worker(run: Run, impl: str, queue: str, concurrency: int) -> Backgroun
         argv = [sys.executable, str(BENCH_DIR / "py_worker.py"), "port", queue, str(concurrency),
                 run.url]
         return Background(argv, base_env(run), log, "worker_started").wait_ready()
-    processes, per_process = dyno_shape(concurrency, usable_cpus() if impl == "dyno" else 1)
+    dyno = impl.startswith("dyno")
+    processes, per_process = dyno_shape(concurrency, usable_cpus() if dyno else 1)
     env = base_env(run, QUEUE_NAME=queue, WORKER_CONCURRENCY=str(per_process),
-                   WORKER_PROCESSES=str(processes))
+                   WORKER_PROCESSES=str(processes), **VARIANTS.get(impl, {}))
     argv = [sys.executable, str(BENCH_DIR / "py_worker.py"), "dyno"]
     return Background(argv, env, log, '"worker_started"', processes).wait_ready()
 
@@ -267,7 +275,7 @@ def section_enqueue(run: Run, label: str = "enqueue") -> dict[str, dict[str, flo
              ratio(m["port"], m["node"]), ratio(m["slackq"], m["node"]),
              ratio(m["blocking"], m["node"])]
             for mode, m in medians.items()]
-    table(run, ["add", "Node", "Python, port's client", "slackq Enqueuer (pool of 64)",
+    table(run, ["add", "Node", "Python, port's client", "slackq Enqueuer (web process)",
                 "blocking pool of 64", "port/Node", "Enqueuer/Node", "blocking/Node"], rows)
     for what, failed in run.failures.items():
         run.print(f"- {what}: {failed} of {count} adds failed (not stored) in one run")
@@ -277,13 +285,14 @@ def section_enqueue(run: Run, label: str = "enqueue") -> dict[str, dict[str, flo
 
 
 def section_drain(run: Run) -> None:
-    impls = ["node", "port", "slackq", "dyno"]
+    impls = ["node", "port", "nofetch", "slackq", "dyno", "dyno-pool"]
     medians: dict[int, dict[str, float]] = {}
     rss: dict[str, dict[str, int]] = {}
     for concurrency in (1, 10, 100):
         count = int((3000 if concurrency == 1 else 10000) * run.scale)
         single = dyno_shape(concurrency, usable_cpus())[0] == 1
-        chosen = [i for i in impls if not (i == "dyno" and single)]
+        chosen = [i for i in impls if not (i.startswith("dyno") and single)
+                  and not (i in ("nofetch", "dyno-pool") and concurrency != 100)]
         samples: dict[str, list[float]] = defaultdict(list)
         busy: dict[str, list[int]] = defaultdict(list)
         with workers(run, chosen, concurrency) as started:
@@ -306,13 +315,16 @@ def section_drain(run: Run) -> None:
               f"{processes} processes sharing the concurrency)")
     run.print()
     rows = []
+    nan = float("nan")
     for concurrency, m in medians.items():
         dyno = m.get("dyno", m["slackq"])
-        rows.append([str(concurrency), fmt(m["node"]), fmt(m["port"]), fmt(m["slackq"]), fmt(dyno),
+        rows.append([str(concurrency), fmt(m["node"]), fmt(m["port"]), fmt(m.get("nofetch", nan)),
+                     fmt(m["slackq"]), fmt(dyno), fmt(m.get("dyno-pool", nan)),
                      ratio(m["port"], m["node"]), ratio(m["slackq"], m["node"]),
-                     ratio(dyno, m["node"])])
-    table(run, ["concurrency per dyno", "Node", "port Worker", "slackq, 1 process",
-                "slackq dyno", "port/Node", "1 process/Node", "dyno/Node"], rows)
+                     ratio(dyno, m["node"]), ratio(m.get("dyno-pool", nan), m["node"])])
+    table(run, ["concurrency per dyno", "Node", "port Worker", "slackq 1 proc, no fetch-next",
+                "slackq 1 proc", "slackq dyno", "dyno, 4 connections/proc", "port/Node",
+                "1 proc/Node", "dyno/Node", "dyno 4 conn/Node"], rows)
     run.print("### Memory (RSS, MB; busy = peak while draining at concurrency 100)")
     run.print()
     rows = [[impl, f"{v['idle'] / 1024:.1f}", f"{v.get('busy', 0) / 1024:.1f}"]

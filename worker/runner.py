@@ -32,7 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from slack_sdk.web.async_client import AsyncWebClient
 from structlog.typing import FilteringBoundLogger
 
-from slackq.connection import bullmq_connection, redis_kwargs, require_noeviction
+from slackq.connection import redis_kwargs, require_noeviction
 from slackq.metrics import instrument_worker, record_deferred
 from slackq.models import Envelope, parse_envelope, team_of
 from slackq.settings import Settings
@@ -40,6 +40,7 @@ from worker.context import JobContext, JobSlack
 from worker.effects import EffectLog
 from worker.errors import Deferred, InvalidPayload, PacingLimited, PermanentError
 from worker.limiter import Limiter, Limits
+from worker.pool import FetchNextWorker, worker_connection
 from worker.registry import HandlerRegistry
 from worker.retry import Backoff, backoff_delay_ms, defer_delay_ms, will_retry
 from worker.slack import make_client
@@ -172,11 +173,12 @@ def _validate(data: dict[str, Any]) -> Envelope:
 
 def build_worker(settings: Settings, dispatcher: Dispatcher, options: WorkerOptions) -> Worker:
     """A BullMQ Worker (not running yet) with slackq's timings and command retry."""
-    worker = Worker(
+    worker_class = FetchNextWorker if settings.worker_fetch_next else Worker
+    worker = worker_class(
         settings.queue_name,
         dispatcher,
         {
-            "connection": bullmq_connection(settings.redis_url),
+            "connection": worker_connection(settings),
             "prefix": settings.queue_prefix,
             "concurrency": settings.worker_concurrency,
             "autorun": False,
