@@ -9,8 +9,7 @@ import io
 import json
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from slackq.connection import bullmq_connection
 from slackq.doctor import Level, RedisFacts, evaluate
 from slackq.embedded import RedisProcess
 from tests.processes import process_env
+from tests.waiting import wait_until
 
 SLACKQ = str(Path(sys.executable).parent / "slackq")
 
@@ -132,13 +132,6 @@ def test_unreachable_or_refused_redis_is_one_line_exit_2(tmp_path: Path) -> None
             assert f"127.0.0.1:{server.port}" in done.stderr
     finally:
         server.kill()
-
-
-async def wait_until(predicate: Callable[[], Awaitable[bool]], within: float = 15) -> None:
-    deadline = time.monotonic() + within
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -5,8 +5,7 @@ tests/test_ops_metrics_e2e.py scrapes the real processes."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from producers.health import redis_readiness
 from slackq.connection import bullmq_connection
 from slackq.embedded import RedisProcess
 from slackq.metrics import QueueCountsCollector, attach_worker_listeners, slack_outcome
+from tests.waiting import wait_until
 
 
 async def test_readiness_is_503_when_redis_is_gone(redis_server: RedisProcess) -> None:
@@ -32,13 +32,6 @@ async def test_readiness_is_503_when_redis_is_gone(redis_server: RedisProcess) -
 
 def counter(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-async def wait_until(predicate: Callable[[], Awaitable[bool]], within: float = 20) -> None:
-    deadline = time.monotonic() + within
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 
 import redis
 import structlog
@@ -13,16 +12,9 @@ from bullmq import Queue
 from slackq.connection import bullmq_connection
 from slackq.contract import job_options
 from slackq.settings import Settings
+from tests.waiting import wait_until
 from worker.handlers import default_registry
 from worker.runner import WorkerOptions, run_worker
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def test_unhandled_event_type_completes_as_ignored(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -19,6 +19,7 @@ from redis.retry import Retry
 from slackq.embedded import RedisProcess
 from slackq.settings import Settings
 from tests.slack_requests import SIGNING_SECRET, app_mention_envelope
+from tests.waiting import wait_until
 from tests.webhook_client import post_event, webhook
 
 SLACK_TIMEOUT = 3.0
@@ -41,13 +42,6 @@ async def timed_post(client: httpx.AsyncClient, event_id: str) -> tuple[int, flo
     elapsed = time.monotonic() - started
     assert "Traceback" not in response.text
     return response.status_code, elapsed
-
-
-async def wait_until(condition: Callable[[], bool], within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def loading(port: int) -> bool:

@@ -22,8 +22,9 @@ from slackq.contract import REMOVE_ON_FAIL
 from slackq.embedded import free_port
 from slackq.settings import Settings
 from tests.fake_slack import FakeSlack, rate_limited, server_error, slack_error
+from tests.waiting import wait_until
 from tests.worker_app import app_registry
-from tests.worker_helpers import add_mention, job_key, job_state, make_queue, wait_until
+from tests.worker_helpers import add_mention, job_key, job_state, make_queue
 from worker.errors import SlackTransientError
 from worker.limiter import Limits
 from worker.runner import WorkerOptions, WorkerRuntime, start_worker

@@ -12,8 +12,9 @@ from bullmq import Queue
 
 from slackq.settings import Settings
 from tests.fake_slack import FakeSlack, rate_limited
+from tests.waiting import wait_until
 from tests.worker_app import app_registry
-from tests.worker_helpers import add_mention, job_key, make_queue, state_key, wait_until
+from tests.worker_helpers import add_mention, job_key, make_queue, state_key
 from worker.errors import PacingLimited
 from worker.limiter import Limiter, Limits
 from worker.runner import WorkerOptions, start_worker

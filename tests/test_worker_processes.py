@@ -20,6 +20,7 @@ from slackq.settings import Settings
 from tests.fake_slack import FakeSlack
 from tests.processes import Proc, process_env
 from tests.slack_requests import BOT_TOKEN
+from tests.waiting import wait_until_sync
 from tests.worker_helpers import (
     WorkerProc,
     add_mention,
@@ -27,7 +28,6 @@ from tests.worker_helpers import (
     make_queue,
     state_key,
     sync_job_state,
-    wait_until_sync,
 )
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,25 +64,6 @@ def sync_job_state(client: redis.Redis, settings: Settings, job_id: str) -> str 
         elif client.zscore(key, job_id) is not None:
             return state
     return None
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], within: float, what: str) -> float:
-    """Poll `check` until true; return the seconds it took; fail naming `what` at the deadline."""
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > within:
-            raise AssertionError(f"not within {within}s: {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
-
-
-def wait_until_sync(check: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.02)
-    return time.monotonic() - started
 
 
 def log_events(text: str) -> list[dict[str, Any]]:
