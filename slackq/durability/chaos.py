@@ -8,11 +8,13 @@ directory, and the controller waits for PONG (not LOADING) before the campaign g
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+import redis
 import structlog
 
 from slackq.durability.ledger import Ledger
@@ -76,6 +78,28 @@ class Chaos:
         return seconds
 
     def _kill(self, number: int, pending: int) -> None:
+        aof = aof_state(self.server.url)
         # The kill time is taken just before the signal: an ack recorded after it is younger.
-        self.ledger.kill(number, {"pending": pending})
+        self.ledger.kill(number, {"pending": pending, "aof": aof})
         self.server.kill()
+
+
+AOF_FIELDS = ("aof_pending_bio_fsync", "aof_buffer_length", "aof_delayed_fsync",
+              "aof_last_write_status")
+
+
+def aof_state(url: str) -> dict[str, Any]:
+    """The server's AOF state just before a kill, as evidence when a crash loses acked writes.
+
+    With `everysec`, while a background fsync is still running Redis postpones its AOF write()
+    (up to 2 s) but keeps replying: `aof_pending_bio_fsync` 1 at a kill means replies may have
+    gone out for writes that only sat in `aof_buf`, which a SIGKILL loses.
+    """
+    with contextlib.suppress(redis.RedisError, OSError):
+        client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        try:
+            info = client.info("persistence")
+        finally:
+            client.close()
+        return {name: info[name] for name in AOF_FIELDS if name in info}
+    return {}
