@@ -36,14 +36,18 @@ def process_env(**overrides: str) -> dict[str, str]:
 
 
 class Proc:
-    """A Procfile process whose output goes to a log file the test can read."""
+    """A process whose output goes to a log file the test can read.
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+    By default the Procfile's line called `name`; `command` runs something else.
+    """
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path,
+                 command: list[str] | None = None) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.popen = subprocess.Popen(
-            ["bash", "-c", f"exec {procfile_commands()[name]}"],
+            command or ["bash", "-c", f"exec {procfile_commands()[name]}"],
             cwd=PROJECT_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -58,14 +62,18 @@ class Proc:
     def wait(self, timeout: float) -> int:
         return self.popen.wait(timeout=timeout)
 
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
     def stop(self) -> None:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
+                self.kill()
         self._log.close()
 
     def wait_for_output(self, text: str, timeout: float = 20.0) -> None:

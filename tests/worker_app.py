@@ -14,12 +14,12 @@ import os
 import sys
 from typing import Any
 
-from slackq.errors import ConfigError, RedisMisconfigured
+from slackq.errors import ConfigError
 from slackq.logging import configure_logging
 from slackq.settings import load_settings
+from worker.__main__ import run_process
 from worker.handlers import default_registry, reply_to_mention
 from worker.registry import HandlerRegistry, JobContext
-from worker.runner import WorkerOptions, run_worker
 
 
 async def held_mention(ctx: JobContext) -> dict[str, Any]:
@@ -44,12 +44,7 @@ def main() -> int:
         print(f"slackq test worker: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    try:
-        asyncio.run(run_worker(settings, app_registry(), WorkerOptions.from_settings(settings)))
-    except RedisMisconfigured as exc:
-        print(f"slackq test worker: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_process(settings, app_registry())
 
 
 if __name__ == "__main__":

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,8 +13,8 @@ import redis.asyncio as aioredis
 from bullmq import Queue
 
 from slackq.contract import job_options
-from slackq.embedded import PROJECT_ROOT
 from slackq.settings import Settings
+from tests.processes import Proc
 from tests.slack_requests import app_mention_envelope
 
 STATES = ("wait", "active", "delayed", "completed", "failed", "prioritized")
@@ -78,20 +75,11 @@ def log_events(text: str) -> list[dict[str, Any]]:
     return events
 
 
-class WorkerProc:
+class WorkerProc(Proc):
     """`python -m tests.worker_app` (the worker runtime with test handlers) as a real process."""
 
     def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "tests.worker_app"], cwd=PROJECT_ROOT, env=env,
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        super().__init__(name, env, log_dir, [sys.executable, "-m", "tests.worker_app"])
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         return [e for e in log_events(self.output()) if name is None or e.get("event") == name]
@@ -117,21 +105,3 @@ class WorkerProc:
             time.sleep(0.02)
         raise AssertionError(f"{self.name} did not log {name} {fields} in {timeout}s:\n"
                              f"{self.output()[-4000:]}")
-
-    def signal(self, signum: int) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signum)
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
