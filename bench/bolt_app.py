@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 async def authorize(**kwargs: Any) -> AuthorizeResult:
     return AuthorizeResult(enterprise_id=None, team_id=kwargs.get("team_id"),
-                           bot_token="xoxb-bench-not-a-token", bot_id="B0BENCH",
+                           bot_token="xoxb-fake", bot_id="B0BENCH",
                            bot_user_id="U0BOT")
 
 

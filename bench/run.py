@@ -90,7 +90,7 @@ class Run:
 def base_env(run: Run, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLACK_", "REDIS_", "QUEUE_", "WORKER_"))}
-    env.update(REDIS_URL=run.url, SLACK_BOT_TOKEN="xoxb-bench-not-a-token", LOG_FORMAT="json",
+    env.update(REDIS_URL=run.url, SLACK_BOT_TOKEN="xoxb-fake", LOG_FORMAT="json",
                LOG_LEVEL="info", BENCH_JOB_TEMPLATE=job_template(),
                NODE_PATH=str(NODE_MODULES_DIR / "node_modules"))
     env.update(extra)
