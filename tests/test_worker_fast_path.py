@@ -13,6 +13,7 @@ from bullmq import Job, Queue, Worker
 from slackq.connection import bullmq_connection
 from slackq.embedded import RedisProcess
 from slackq.settings import Settings
+from tests.waiting import wait_until
 from worker.pool import FetchNextWorker, pooled_connection, worker_connection
 
 JOBS = 200
@@ -124,3 +125,80 @@ def test_worker_connection_follows_the_setting() -> None:
                                         worker_redis_connections=3))
     assert isinstance(pooled, aioredis.Redis)
     assert pooled.connection_pool.max_connections == 4
+
+
+async def run_until_idle(worker: Worker) -> asyncio.Task[Any]:
+    """Start `worker` and wait until one fetch blocks on the marker (the queue is empty)."""
+    await worker.blockingRedisConnection.getRedisVersion()
+    await worker.redisConnection.getRedisVersion()
+    running = asyncio.create_task(worker.run())
+    await wait_until(lambda: worker.waiting is not None, 10, "the worker waits for a job")
+    return running
+
+
+@pytest.mark.parametrize("worker_class", [Worker, FetchNextWorker])
+async def test_jobs_arriving_one_at_a_time_cost_few_moves_to_active(
+    redis_server: RedisProcess, worker_class: type[Worker]
+) -> None:
+    """Idle concurrency slots must not each poll Redis when one job arrives (issue 8)."""
+    trickle = 20
+    done: asyncio.Queue[str] = asyncio.Queue()
+
+    async def processor(job: Job, _token: str) -> None:
+        done.put_nowait(str(job.id))
+
+    worker = worker_class("trickle", processor, {
+        "connection": bullmq_connection(redis_server.url), "concurrency": 10, "autorun": False})
+    moves = counting_move_to_active(worker)
+    queue = Queue("trickle", {"connection": redis_server.url})
+    running = await run_until_idle(worker)
+    try:
+        for i in range(trickle):
+            await queue.add("n", {"i": i}, {"jobId": f"T{i}x"})
+            assert await asyncio.wait_for(done.get(), 10) == f"T{i}x"
+            # Back to waiting before the next one arrives.
+            await wait_until(lambda: worker.waiting is not None, 10, "waiting again")
+    finally:
+        await worker.close()
+        await asyncio.gather(running, return_exceptions=True)
+        await queue.close()
+    if worker_class is FetchNextWorker:
+        # Per job: the move that takes it after the marker, one that finds the queue empty, and
+        # at most one more after the marker that taking the job left behind.
+        assert len(moves) <= 3 * trickle + 2
+    else:
+        assert len(moves) > 5 * trickle, len(moves)  # the port: several empty polls per job
+
+
+async def test_fetching_in_turn_still_runs_jobs_concurrently_and_closes_promptly(
+    redis_server: RedisProcess,
+) -> None:
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def processor(job: Job, _token: str) -> None:
+        started.append(str(job.id))
+        await release.wait()
+
+    worker = FetchNextWorker("turns", processor, {
+        "connection": bullmq_connection(redis_server.url), "concurrency": 4, "autorun": False})
+    queue = Queue("turns", {"connection": redis_server.url})
+    running = await run_until_idle(worker)
+    try:
+        for i in range(4):  # one by one, each while the earlier ones are still running
+            await queue.add("n", {"i": i}, {"jobId": f"C{i}x"})
+            await wait_until(lambda n=i: len(started) > n, 10, f"job {i} starts")
+        assert started == [f"C{i}x" for i in range(4)]
+        release.set()
+        closing = time.monotonic()
+        await asyncio.wait_for(worker.close(), 10)
+        assert time.monotonic() - closing < 5  # the blocked fetch was cancelled, not waited out
+    finally:
+        release.set()
+        await asyncio.gather(running, return_exceptions=True)
+        await queue.close()
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        assert await client.zcard("bull:turns:completed") == 4
+    finally:
+        await client.aclose()

@@ -1,6 +1,6 @@
 """In-process fast paths around the BullMQ port's Worker (same Lua scripts, same data layout).
 
-The port (3.4.4) is ~8x slower than Node BullMQ at draining a queue for two reasons:
+The port (3.4.4) is ~8x slower than Node BullMQ at draining a queue, for three reasons:
 
 1. After a job completes it calls `moveToFinished` with `fetchNext=0` and then a separate
    `moveToActive` for the next job: two script round trips per job where Node makes one. When the
@@ -8,17 +8,22 @@ The port (3.4.4) is ~8x slower than Node BullMQ at draining a queue for two reas
    `FetchNextWorker` passes `fetchNext=1` to the very same `moveToFinished` script (as Node does,
    unless the worker is closing or paused) and hands the job it returns back to the port's own
    run loop, which processes any `Job` a task returns.
-2. It opens redis-py with `single_connection_client=True` and an `asyncio.Lock` around every
+2. Its run loop starts up to `concurrency` fetches at once whenever a job arrives, and each
+   calls `moveToActive` until one of them finds the queue empty: at a steady trickle of jobs
+   that is up to `concurrency` script calls per job, nearly all empty. `FetchNextWorker`
+   fetches in turn, as Node's main loop does (it awaits each fetch before starting the next).
+3. It opens redis-py with `single_connection_client=True` and an `asyncio.Lock` around every
    command, so a worker's commands are strictly serial, one round trip at a time.
    `pooled_connection()` gives the Worker a client over a small blocking pool instead, so
    commands of different jobs overlap their round trips.
 
-Upstream-worthy: both belong in the port itself (fetch-next in `Worker.processJob`, a pipelined
-or pooled connection in `RedisConnection`).
+Upstream-worthy: all three belong in the port itself (fetch-next in `Worker.processJob`, fetches
+in turn in `Worker.run`, a pipelined or pooled connection in `RedisConnection`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -29,11 +34,13 @@ from slackq.settings import Settings
 
 
 class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq ships no type information
-    """A port `Worker` whose completions also fetch the next job, as Node's Worker does."""
+    """A port `Worker` that fetches as Node's Worker does: the next job with each completion,
+    and one fetch at a time."""
 
     def __init__(self, name: str, processor: Any, opts: dict[str, Any]) -> None:
         super().__init__(name, processor, opts)
         self._fetched: dict[str, Any] = {}
+        self._fetching = asyncio.Lock()
         move_to_completed = self.backend.moveToCompleted
 
         async def move_to_completed_fetching_next(
@@ -49,6 +56,22 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq ships no type inf
 
         # The port calls `backend.moveToCompleted(..., fetch_next=False)` from processJob.
         self.backend.moveToCompleted = move_to_completed_fetching_next
+
+    async def getNextJob(self, token: str) -> Job | None:
+        """Fetch jobs one at a time, as Node's main loop does: one task waits, the rest queue.
+
+        The port's run loop starts up to `concurrency` fetches at once as soon as one job
+        arrives; each calls `moveToActive` while the queue is not known to be drained, so one
+        job costs up to `concurrency` script calls, nearly all of them empty, and as many
+        tasks. Here the fetches (the blocking wait for the marker included) take turns: after
+        the first empty reply the next task blocks for the marker and the others wait their
+        turn without touching Redis.
+        """
+        async with self._fetching:
+            if self.closing or self.paused:
+                return None
+            job: Job | None = await super().getNextJob(token)
+            return job
 
     async def processJob(self, job: Job, token: str) -> Job | None:
         """Process `job`; return the next job when its completion fetched one (same token).
