@@ -21,17 +21,22 @@ _REDACT_KEYS = frozenset({"token", "password", "signing_secret", "secret", "auth
 
 def redact(text: str) -> str:
     """Remove token-shaped strings and URL passwords from free text."""
-    return _URL_PASSWORD.sub(r"\1***@", _TOKEN.sub("xox?-***", text))
+    # Substring tests first: most values (ids, names) hold neither, and `in` is ~20x cheaper.
+    if "xox" in text or "xapp-" in text:
+        text = _TOKEN.sub("xox?-***", text)
+    if "@" in text:
+        text = _URL_PASSWORD.sub(r"\1***@", text)
+    return text
 
 
 def _redact_processor(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    for key, value in list(event_dict.items()):
+    for key, value in event_dict.items():  # only values change: safe while iterating
         if key.lower() in _REDACT_KEYS:
             event_dict[key] = "***"
-        elif isinstance(value, str):
-            event_dict[key] = redact(value)
+        elif isinstance(value, str) and value != (clean := redact(value)):
+            event_dict[key] = clean
     return event_dict
 
 
