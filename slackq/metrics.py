@@ -18,6 +18,7 @@ Hooks, each a line or two where the event happens:
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import re
 import shutil
@@ -94,8 +95,8 @@ async def track_connect(connection: Any) -> None:
 
 def observe_enqueue(job_name: str, seconds: float) -> None:
     """The webhook stored a job of `job_name` in `seconds`."""
-    JOBS_ENQUEUED.labels(job_name).inc()
-    ENQUEUE_SECONDS.labels(job_name).observe(seconds)
+    _child(JOBS_ENQUEUED, job_name).inc()
+    _child(ENQUEUE_SECONDS, job_name).observe(seconds)
 
 
 def record_deferred(job_name: str, reason: str) -> None:
@@ -193,6 +194,13 @@ def exposition_registry(url: str, prefix: str, queue: str,
     return registry
 
 
+@functools.lru_cache(maxsize=1024)
+def _child(metric: Any, *label_values: str) -> Any:
+    """`metric.labels(*label_values)`, looked up once: `labels()` takes a lock and validates
+    on every call, which the worker would otherwise pay several times per job."""
+    return metric.labels(*label_values)
+
+
 class _JobTimer:
     """Start times of active jobs, bounded: a job that leaves without an event is forgotten."""
 
@@ -219,21 +227,21 @@ def attach_worker_listeners(worker: Any) -> None:
         timer.start(str(job.id))
         if int(getattr(job, "attemptsStarted", 0) or 0) <= 1 and job.timestamp:
             created = job.timestamp + int(job.opts.get("delay") or 0)
-            JOB_WAIT_SECONDS.labels(job.name).observe(max(0.0, time.time() - created / 1000))
+            _child(JOB_WAIT_SECONDS, job.name).observe(max(0.0, time.time() - created / 1000))
 
     def on_completed(job: Any, _result: Any) -> None:
-        JOBS_COMPLETED.labels(job.name).inc()
+        _child(JOBS_COMPLETED, job.name).inc()
         _observe(job, "completed")
 
     def on_failed(job: Any, _error: BaseException) -> None:
         # The port sets finishedOn only when the job moved to `failed` for good.
-        (JOBS_FAILED if job.finishedOn else JOBS_RETRIED).labels(job.name).inc()
+        _child(JOBS_FAILED if job.finishedOn else JOBS_RETRIED, job.name).inc()
         _observe(job, "failed")
 
     def _observe(job: Any, outcome: str) -> None:
         seconds = timer.stop(str(job.id))
         if seconds is not None:
-            JOB_SECONDS.labels(job.name, outcome).observe(seconds)
+            _child(JOB_SECONDS, job.name, outcome).observe(seconds)
 
     worker.on("active", on_active)
     worker.on("completed", on_completed)
