@@ -96,10 +96,12 @@ class Enqueuer:
                 try:  # the common case, without tenacity's per-call set-up (~100 us a request)
                     stored_id = await self._batcher.add(job.name, job.data, options)
                 except RETRYABLE as exc:
-                    _log_retry_of(exc)
-                    async for attempt in self.policy.retrying():
-                        with attempt:
-                            stored_id = await self._batcher.add(job.name, job.data, options)
+                    with structlog.contextvars.bound_contextvars(**job.log_context,
+                                                                 job_id=job.job_id):
+                        _log_retry_of(exc)
+                        async for attempt in self.policy.retrying():
+                            with attempt:
+                                stored_id = await self._batcher.add(job.name, job.data, options)
         except TimeoutError as exc:
             raise RedisUnavailable(f"job {job.job_id} not stored within the budget") from exc
         except (RedisError, OSError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -23,3 +24,12 @@ class ProducerMetrics:
             "app_rate_limited notices from Slack (events Slack dropped for this app)",
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str], Any] = {}
+
+    def count(self, kind: str, outcome: str) -> None:
+        """`requests.labels(kind, outcome).inc()`, each labelled child looked up once (the
+        labels come from fixed sets: request kinds and `RequestRejected` reasons)."""
+        child = self._children.get((kind, outcome))
+        if child is None:
+            child = self._children[(kind, outcome)] = self.requests.labels(kind, outcome)
+        child.inc()

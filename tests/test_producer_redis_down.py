@@ -79,7 +79,8 @@ async def test_redis_restarting_during_the_retries_is_200_and_stored(
     client: httpx.AsyncClient, redis_server: RedisProcess, redis_client: redis.Redis
 ) -> None:
     redis_server.kill()
-    with structlog.testing.capture_logs() as logs:
+    merge = structlog.contextvars.merge_contextvars
+    with structlog.testing.capture_logs(processors=[merge]) as logs:
         request = asyncio.create_task(timed_post(client, "Ev0RESTART1"))
         await wait_until(lambda: any(e["event"] == "enqueue_retry" for e in logs))
         await asyncio.to_thread(redis_server.start)
@@ -87,6 +88,9 @@ async def test_redis_restarting_during_the_retries_is_200_and_stored(
     assert status == 200
     assert elapsed < SLACK_TIMEOUT
     assert stored(redis_client, "Ev0RESTART1")
+    retries = [e for e in logs if e["event"] == "enqueue_retry"]
+    assert all(e.get("event_id") == e.get("job_id") == "Ev0RESTART1" for e in retries), retries
+    assert [e["event"] for e in logs if e.get("job_id") == "Ev0RESTART1"][-1] == "job_stored"
 
 
 async def restart_loading(
