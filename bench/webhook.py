@@ -1,21 +1,25 @@
 """Ack latency of slackq's webhook vs Bolt for Python's AsyncApp, side by side, open loop.
 
-    python bench/webhook.py [--rates 500,1000,...] [--seconds 3]
+    python bench/webhook.py [--rates 500,1000,...] [--seconds 3] [--reps 3]
 
 Both servers run as the Procfile runs the web process (`python -m producers`: uvicorn, one
 process) on 127.0.0.1; slackq stores every event in a real redis-server started with the
 project's redis.conf (AOF everysec) before it answers, Bolt acknowledges in process. The
-generator sends signed `app_mention` events, each with a fresh event_id, at a fixed rate over
-keep-alive connections. Latency counts from each request's *scheduled* send time (open loop), so
-a server that falls behind pays for the queue it builds. Per rate, each server gets its turn
-back to back. Prints p50/p95/p99 per rate and the highest rate with p99 under 5 ms.
+generator (bench/node/webhook_load.js: Node, so that it takes little of a 2-core machine) sends
+signed `app_mention` events, each with a fresh event_id, at a fixed rate over keep-alive
+connections. Latency counts from each request's *scheduled* send time (open loop), so a server
+that falls behind pays for the queue it builds. Each rate runs --reps times, the servers taking
+turns; the table shows the median of the runs' p50/p95/p99 and the highest rate with p99 under
+5 ms.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import os
+import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -35,7 +39,7 @@ from tests.slack_requests import app_mention_envelope, encode, signed_headers  #
 
 SECRET = "bench-signing-secret-0123456789abcdef"
 P99_TARGET_MS = 5.0
-MAX_CONNECTIONS = 256
+LOAD_JS = ROOT / "bench" / "node" / "webhook_load.js"
 
 
 @dataclass
@@ -60,83 +64,21 @@ def request_bytes(port: int, event_id: str) -> bytes:
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-class Connections:
-    """Keep-alive HTTP/1.1 connections, opened on demand up to MAX_CONNECTIONS."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        self.opened = 0
-        self.freed = asyncio.Condition()
-
-    async def acquire(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        async with self.freed:
-            while not self.idle and self.opened >= MAX_CONNECTIONS:
-                await self.freed.wait()
-            if self.idle:
-                return self.idle.pop()
-            self.opened += 1
-        return await asyncio.open_connection("127.0.0.1", self.port)
-
-    async def release(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
-        async with self.freed:
-            self.idle.append(conn)
-            self.freed.notify()
-
-    def close(self) -> None:
-        for _, writer in self.idle:
-            writer.close()
-
-
-async def exchange(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], raw: bytes) -> int:
-    reader, writer = conn
-    writer.write(raw)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    if length:
-        await reader.readexactly(length)
-    return status
-
-
-async def run_rate(port: int, rate: int, seconds: float, tag: str) -> Result:
-    """Send rate*seconds signed events on schedule; latency from each scheduled time."""
+def run_rate(port: int, rate: int, seconds: float, tag: str, work: Path) -> Result:
+    """Send rate*seconds signed events on schedule (bench/node/webhook_load.js)."""
     count = int(rate * seconds)
-    raws = [request_bytes(port, f"Ev{tag}{rate}N{i:07d}") for i in range(count)]
-    conns = Connections(port)
-    latencies: list[float] = []
-    errors = 0
-    loop = asyncio.get_running_loop()
-
-    async def one(raw: bytes, scheduled: float) -> None:
-        nonlocal errors
-        conn = await conns.acquire()
-        try:
-            status = await exchange(conn, raw)
-        except (OSError, asyncio.IncompleteReadError, ValueError):
-            errors += 1
-            conn[1].close()
-            conns.opened -= 1
-            return
-        latencies.append((loop.time() - scheduled) * 1000)
-        if status != 200:
-            errors += 1
-        await conns.release(conn)
-
-    start = loop.time() + 0.05
-    tasks = []
-    for i, raw in enumerate(raws):
-        scheduled = start + i / rate
-        delay = scheduled - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(raw, scheduled)))
-    await asyncio.gather(*tasks)
-    conns.close()
-    return Result(rate, latencies, errors)
+    requests = work / "requests.bin"
+    with requests.open("wb") as out:
+        for i in range(count):
+            raw = request_bytes(port, f"Ev{tag}{rate}N{i:07d}")
+            out.write(struct.pack(">I", len(raw)) + raw)
+    out_ = subprocess.run(["node", str(LOAD_JS), str(port), str(rate), str(requests)],
+                          capture_output=True, text=True, check=False, timeout=seconds + 120)
+    if out_.returncode != 0:
+        raise SystemExit(f"load generator failed:\n{out_.stderr[-2000:]}")
+    result = json.loads(out_.stdout.strip().splitlines()[-1])
+    return Result(rate, [float(v) for v in result["latencies_ms"]],
+                  int(result["errors"]) + count - len(result["latencies_ms"]))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -170,7 +112,8 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit(f"nothing listens on port {port}")
 
 
-def table(rates: list[int], results: dict[str, dict[int, Result]]) -> str:
+def table(rates: list[int], results: dict[str, dict[int, list[Result]]]) -> str:
+    """Medians over the repetitions of each rate's p50/p95/p99 and CPU; errors summed."""
     names = list(results)
     header = "| events/s | " + " | ".join(
         f"{n} p50 | {n} p95 | {n} p99 | {n} non-200 | {n} CPU us/req" for n in names) + " |"
@@ -178,42 +121,90 @@ def table(rates: list[int], results: dict[str, dict[int, Result]]) -> str:
     for rate in rates:
         cells = []
         for name in names:
-            r = results[name][rate]
-            cells += [f"{r.percentile(0.50):.2f}", f"{r.percentile(0.95):.2f}",
-                      f"{r.percentile(0.99):.2f}", str(r.errors), f"{r.cpu_us_per_request:.0f}"]
+            runs = results[name][rate]
+            cells += [f"{_median(runs, 0.50):.2f}", f"{_median(runs, 0.95):.2f}",
+                      f"{_median(runs, 0.99):.2f}", str(sum(r.errors for r in runs)),
+                      f"{statistics.median(r.cpu_us_per_request for r in runs):.0f}"]
         lines.append(f"| {rate} | " + " | ".join(cells) + " |")
     for name in names:
-        ok = [rate for rate in rates
-              if results[name][rate].percentile(0.99) < P99_TARGET_MS and not
-              results[name][rate].errors]
+        ok = [rate for rate in rates if _median(results[name][rate], 0.99) < P99_TARGET_MS
+              and not any(r.errors for r in results[name][rate])]
         best = max(ok) if ok else "none"
-        lines.append(f"\n{name}: highest rate with p99 < {P99_TARGET_MS:g} ms and no error: {best}")
+        lines.append(f"\n{name}: highest rate with p99 < {P99_TARGET_MS:g} ms (median of the "
+                     f"runs) and no error: {best}")
     return "\n".join(lines)
 
 
-async def measure(rates: list[int], seconds: float, servers: dict[str, tuple[int, int]],
-                  ) -> dict[str, dict[int, Result]]:
-    """Each rate on each server in turn; `servers` maps a name to (port, pid)."""
-    results: dict[str, dict[int, Result]] = {name: {} for name in servers}
+def _median(runs: list[Result], q: float) -> float:
+    return statistics.median(r.percentile(q) for r in runs)
+
+
+def measure(rates: list[int], seconds: float, reps: int, servers: dict[str, tuple[int, int]],
+            redis_server: RedisProcess, work: Path) -> dict[str, dict[int, list[Result]]]:
+    """Each rate `reps` times, the servers taking turns; `servers` maps a name to (port, pid).
+
+    Before every run Redis is emptied and its AOF rewritten, so that each run starts from the
+    same state and no rewrite fires in the middle of one (a run with one is flagged). After a
+    slackq run, the queue must hold exactly one job per 200.
+    """
+    results: dict[str, dict[int, list[Result]]] = {name: {r: [] for r in rates}
+                                                   for name in servers}
     for name, (port, _) in servers.items():  # warm-up: connections, Lua scripts, caches
-        await run_rate(port, 200, 1.0, f"W{name[0]}")
-    for rate in rates:
-        for name, (port, pid) in servers.items():
-            cpu_before = cpu_seconds(pid)
-            result = await run_rate(port, rate, seconds, name[0].upper())
-            result.cpu_us_per_request = (cpu_seconds(pid) - cpu_before) / (rate * seconds) * 1e6
-            results[name][rate] = result
-            print(f"  {name:>6} {rate:>5}/s  p50 {result.percentile(0.5):6.2f}  "
-                  f"p99 {result.percentile(0.99):7.2f} ms  non-200 {result.errors}  "
-                  f"server CPU {result.cpu_us_per_request:4.0f} us/request",
-                  file=sys.stderr, flush=True)
+        run_rate(port, 200, 1.0, f"W{name[0]}", work)
+    for rep in range(reps):
+        for rate in rates:
+            for name, (port, pid) in servers.items():
+                rewrites = settle(redis_server)
+                cpu_before = cpu_seconds(pid)
+                result = run_rate(port, rate, seconds, f"{name[0].upper()}{rep}", work)
+                result.cpu_us_per_request = ((cpu_seconds(pid) - cpu_before)
+                                             / (rate * seconds) * 1e6)
+                results[name][rate].append(result)
+                note = ""
+                if settle_rewrites(redis_server) != rewrites:
+                    note = "  (an AOF rewrite ran during this run)"
+                if name == "slackq":
+                    stored = redis_server_jobs(redis_server)
+                    answered = len(result.latencies_ms) - result.errors
+                    if stored != answered:
+                        raise SystemExit(f"slackq answered 200 {answered} times but stored "
+                                         f"{stored} jobs")
+                print(f"  {name:>6} {rate:>5}/s  p50 {result.percentile(0.5):6.2f}  "
+                      f"p99 {result.percentile(0.99):7.2f} ms  non-200 {result.errors}  "
+                      f"server CPU {result.cpu_us_per_request:4.0f} us/request{note}",
+                      file=sys.stderr, flush=True)
     return results
+
+
+def settle(redis_server: RedisProcess) -> int:
+    """Empty Redis and rewrite its AOF; return the count of rewrites so far."""
+    import redis
+
+    with redis.Redis(port=redis_server.port) as client:
+        client.flushdb()
+        client.bgrewriteaof()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            info = client.info("persistence")
+            if not (info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"]):
+                return int(info["aof_rewrites"])
+            time.sleep(0.05)
+    raise SystemExit("the AOF rewrite did not finish within 60 s")
+
+
+def settle_rewrites(redis_server: RedisProcess) -> int:
+    import redis
+
+    with redis.Redis(port=redis_server.port) as client:
+        info = client.info("persistence")
+        return int(info["aof_rewrites"]) + int(info["aof_rewrite_in_progress"])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", default="500,1000,1500,2000,2500,3000,3500")
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--reps", type=int, default=3, help="runs per rate and server")
     parser.add_argument("--only", choices=["slackq", "bolt"], help="measure one server only")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
@@ -232,12 +223,13 @@ def main() -> int:
                 servers = {"slackq": (slackq_port, slackq_pid), "bolt": (bolt_port, bolt_pid)}
                 if args.only:
                     servers = {args.only: servers[args.only]}
-                results = asyncio.run(measure(rates, args.seconds, servers))
-            stored = redis_server_jobs(redis_server)
+                results = measure(rates, args.seconds, args.reps, servers, redis_server, work)
         finally:
             redis_server.stop()
-    print(f"\nack latency in ms from the scheduled send time; {args.seconds:g} s per rate; "
-          f"{os.cpu_count()} CPUs; slackq stored {stored} jobs\n")
+    load = os.getloadavg()[0]
+    print(f"\nack latency in ms from the scheduled send time (medians of {args.reps} runs of "
+          f"{args.seconds:g} s per rate); {os.cpu_count()} CPUs; load average at the end "
+          f"{load:.2f}; every slackq 200 was a stored job\n")
     print(table(rates, results))
     return 0
 
