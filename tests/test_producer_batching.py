@@ -50,12 +50,13 @@ async def test_the_same_id_twice_in_one_batch_is_one_job(
     assert queue_redis.lrange(f"{QUEUE}:wait", 0, -1) == ["Ev0TWICE"]
 
 
+@pytest.mark.parametrize("count", [1, 2])  # a lone EVALSHA, and a pipeline of them
 async def test_a_flushed_script_cache_falls_back_to_the_ports_add(
-    batcher: AddBatcher, queue_redis: redis.Redis
+    batcher: AddBatcher, queue_redis: redis.Redis, count: int
 ) -> None:
     await batcher.add("app_mention", app_mention_envelope("Ev0PRE"), job_options("Ev0PRE"))
     queue_redis.script_flush()  # what a Redis restart does to EVALSHA
-    ids = ["Ev0NOSCRIPT1", "Ev0NOSCRIPT2"]
+    ids = [f"Ev0NOSCRIPT{n}" for n in range(count)]
     stored = await asyncio.gather(*(
         batcher.add("app_mention", app_mention_envelope(i), job_options(i)) for i in ids))
     assert stored == ids
