@@ -105,10 +105,11 @@ def dyno_shape(concurrency: int, processes: int) -> tuple[int, int]:
     return processes, max(1, concurrency // processes)
 
 
-# slackq variants by environment: the fast paths off, or a pool of command connections.
+# slackq variants by environment: one process as the port fetches and with its single
+# connection; the dyno with the port's single connection (the defaults are in slackq.settings).
 VARIANTS: dict[str, dict[str, str]] = {
-    "nofetch": {"WORKER_FETCH_NEXT": "0"},
-    "dyno-pool": {"WORKER_REDIS_CONNECTIONS": "4"},
+    "nofetch": {"WORKER_FETCH_NEXT": "0", "WORKER_REDIS_CONNECTIONS": "1"},
+    "dyno-1conn": {"WORKER_REDIS_CONNECTIONS": "1"},
 }
 
 
@@ -285,14 +286,14 @@ def section_enqueue(run: Run, label: str = "enqueue") -> dict[str, dict[str, flo
 
 
 def section_drain(run: Run) -> None:
-    impls = ["node", "port", "nofetch", "slackq", "dyno", "dyno-pool"]
+    impls = ["node", "port", "nofetch", "slackq", "dyno-1conn", "dyno"]
     medians: dict[int, dict[str, float]] = {}
     rss: dict[str, dict[str, int]] = {}
     for concurrency in (1, 10, 100):
         count = int((3000 if concurrency == 1 else 10000) * run.scale)
         single = dyno_shape(concurrency, usable_cpus())[0] == 1
         chosen = [i for i in impls if not (i.startswith("dyno") and single)
-                  and not (i in ("nofetch", "dyno-pool") and concurrency != 100)]
+                  and not (i in ("nofetch", "dyno-1conn") and concurrency != 100)]
         samples: dict[str, list[float]] = defaultdict(list)
         busy: dict[str, list[int]] = defaultdict(list)
         with workers(run, chosen, concurrency) as started:
@@ -319,12 +320,13 @@ def section_drain(run: Run) -> None:
     for concurrency, m in medians.items():
         dyno = m.get("dyno", m["slackq"])
         rows.append([str(concurrency), fmt(m["node"]), fmt(m["port"]), fmt(m.get("nofetch", nan)),
-                     fmt(m["slackq"]), fmt(dyno), fmt(m.get("dyno-pool", nan)),
+                     fmt(m["slackq"]), fmt(m.get("dyno-1conn", nan)), fmt(dyno),
                      ratio(m["port"], m["node"]), ratio(m["slackq"], m["node"]),
-                     ratio(dyno, m["node"]), ratio(m.get("dyno-pool", nan), m["node"])])
-    table(run, ["concurrency per dyno", "Node", "port Worker", "slackq 1 proc, no fetch-next",
-                "slackq 1 proc", "slackq dyno", "dyno, 4 connections/proc", "port/Node",
-                "1 proc/Node", "dyno/Node", "dyno 4 conn/Node"], rows)
+                     ratio(m.get("dyno-1conn", nan), m["node"]), ratio(dyno, m["node"])])
+    table(run, ["concurrency per dyno", "Node", "port Worker",
+                "slackq 1 proc, port's fetching + 1 connection", "slackq 1 proc",
+                "slackq dyno, 1 connection/proc", "slackq dyno", "port/Node", "1 proc/Node",
+                "dyno 1 conn/Node", "dyno/Node"], rows)
     run.print("### Memory (RSS, MB; busy = peak while draining at concurrency 100)")
     run.print()
     rows = [[impl, f"{v['idle'] / 1024:.1f}", f"{v.get('busy', 0) / 1024:.1f}"]

@@ -36,10 +36,11 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=10, ge=1, le=1000)
     # Worker processes per dyno under one supervisor (worker/supervisor.py); 1 = no supervisor.
     worker_processes: int = Field(default_factory=usable_cpus, ge=1, le=64)
-    # Worker fast paths (worker/pool.py): fetch the next job with each completion, as Node does;
-    # more than 1 command connection per worker process replaces the port's single connection.
+    # Worker fast paths (worker/pool.py): fetch as Node does (the next job with each completion,
+    # fetches in turn); more than 1 command connection per worker process replaces the port's
+    # single connection with a pool, so that the commands of different jobs overlap.
     worker_fetch_next: bool = True
-    worker_redis_connections: int = Field(default=1, ge=1, le=64)
+    worker_redis_connections: int = Field(default=4, ge=1, le=64)
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     # The worker serves Prometheus metrics on this port when set (docker-compose uses 9100).

@@ -119,12 +119,12 @@ async def test_a_pooled_worker_overlaps_commands_and_completes_everything(
 
 
 def test_worker_connection_follows_the_setting() -> None:
-    single = worker_connection(Settings(redis_url="redis://127.0.0.1:1/0"))
+    pooled = worker_connection(Settings(redis_url="redis://127.0.0.1:1/0"))
+    assert isinstance(pooled, aioredis.Redis)  # the default: a pool of 4 + the blocking wait
+    assert pooled.connection_pool.max_connections == 5
+    single = worker_connection(Settings(redis_url="redis://127.0.0.1:1/0",
+                                        worker_redis_connections=1))
     assert isinstance(single, dict) and single["socket_timeout"] is None
-    pooled = worker_connection(Settings(redis_url="redis://127.0.0.1:1/0",
-                                        worker_redis_connections=3))
-    assert isinstance(pooled, aioredis.Redis)
-    assert pooled.connection_pool.max_connections == 4
 
 
 async def run_until_idle(worker: Worker) -> asyncio.Task[Any]:

@@ -29,7 +29,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from bullmq import Job, Worker
 
-from slackq.connection import bullmq_connection
+from slackq.connection import bullmq_connection, redis_kwargs
 from slackq.settings import Settings
 
 
@@ -99,8 +99,12 @@ def pooled_connection(url: str, size: int) -> aioredis.Redis:
     The pool blocks (never fails) when all connections are busy. One connection may sit in the
     idle `BZPOPMIN`; the others carry the scripts of different jobs concurrently.
     """
-    pool = aioredis.BlockingConnectionPool(
-        **bullmq_connection(url), max_connections=size, timeout=None, decode_responses=True,
+    # from_url picks the connection class (TCP, TLS, unix socket) as `Redis.from_url` does; the
+    # other options are the port's connection options of `bullmq_connection`.
+    options = {key: value for key, value in bullmq_connection(url).items()
+               if key not in redis_kwargs(url)}
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=size, timeout=None, decode_responses=True, **options,
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: closing it closes them all
 
