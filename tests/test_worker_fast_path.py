@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -202,3 +205,84 @@ async def test_fetching_in_turn_still_runs_jobs_concurrently_and_closes_promptly
         assert await client.zcard("bull:turns:completed") == 4
     finally:
         await client.aclose()
+
+
+async def test_a_job_fetched_by_a_completion_during_a_graceful_close_is_processed(
+    redis_server: RedisProcess,
+) -> None:
+    """close() lands while J1's completion (which fetches J2) is in flight: J2 must complete."""
+    processed: list[str] = []
+
+    async def processor(job: Job, _token: str) -> None:
+        if job.id == "J2x":
+            await asyncio.sleep(0.3)  # still running when the port's teardown would close
+        processed.append(str(job.id))
+
+    worker = FetchNextWorker("closing", processor, {
+        "connection": bullmq_connection(redis_server.url), "concurrency": 1, "autorun": False})
+    finished = worker.backend.scripts.moveToFinished
+    in_flight, release = asyncio.Event(), asyncio.Event()
+
+    async def delayed_reply(job_id: str, keys: Any, args: Any) -> Any:
+        result = await finished(job_id, keys, args)  # J2 is active in Redis from here on
+        if job_id == "J1x":
+            in_flight.set()
+            await release.wait()
+        return result
+
+    worker.backend.scripts.moveToFinished = delayed_reply
+    queue = Queue("closing", {"connection": redis_server.url})
+    running = await run_until_idle(worker)
+    try:
+        await queue.addBulk([{"name": "n", "data": {}, "opts": {"jobId": "J1x"}},
+                             {"name": "n", "data": {}, "opts": {"jobId": "J2x"}}])
+        await asyncio.wait_for(in_flight.wait(), 10)
+        closing = asyncio.create_task(worker.close())
+        await asyncio.sleep(0)  # close() has started: the worker is closing
+        assert worker.closing
+        release.set()
+        await asyncio.wait_for(closing, 10)
+        # When close() returns, J2 is done and recorded, not left to a run loop that has shut
+        # its connections (or to the stalled check).
+        assert processed == ["J1x", "J2x"]
+        client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            assert await client.llen("bull:closing:active") == 0
+            assert await client.zrange("bull:closing:completed", 0, -1) == ["J1x", "J2x"]
+        finally:
+            await client.aclose()
+    finally:
+        release.set()
+        await asyncio.gather(running, return_exceptions=True)
+        await queue.close()
+
+
+@pytest.mark.parametrize("connections", [1, 4])  # the port's single connection, and the pool
+async def test_a_worker_over_a_unix_socket_processes_jobs(connections: int) -> None:
+    socket_dir = Path(tempfile.mkdtemp(prefix="sq-", dir="/tmp"))  # short: sun_path is 108 bytes
+    server = RedisProcess(data_dir=socket_dir / "data",
+                          overrides={"unixsocket": str(socket_dir / "r.sock"),
+                                     "unixsocketperm": "700"})
+    server.start()
+    try:
+        url = f"unix://{socket_dir / 'r.sock'}?db=0"
+        settings = Settings(redis_url=url, worker_redis_connections=connections)
+        done: asyncio.Queue[str] = asyncio.Queue()
+
+        async def processor(job: Job, _token: str) -> None:
+            done.put_nowait(str(job.id))
+
+        worker = FetchNextWorker("unix", processor, {
+            "connection": worker_connection(settings), "concurrency": 2, "autorun": False})
+        queue = Queue("unix", {"connection": server.url})
+        running = await run_until_idle(worker)
+        try:
+            await queue.add("n", {}, {"jobId": "U1x"})
+            assert await asyncio.wait_for(done.get(), 10) == "U1x"
+        finally:
+            await worker.close()
+            await asyncio.gather(running, return_exceptions=True)
+            await queue.close()
+    finally:
+        server.kill()
+        shutil.rmtree(socket_dir, ignore_errors=True)

@@ -6,8 +6,7 @@ The port (3.4.4) is ~8x slower than Node BullMQ at draining a queue, for three r
    `moveToActive` for the next job: two script round trips per job where Node makes one. When the
    queue is nearly empty, the extra `moveToActive` calls are empty polls that burn CPU.
    `FetchNextWorker` passes `fetchNext=1` to the very same `moveToFinished` script (as Node does,
-   unless the worker is closing or paused) and hands the job it returns back to the port's own
-   run loop, which processes any `Job` a task returns.
+   unless the worker is closing or paused) and processes the job it returns in the same task.
 2. Its run loop starts up to `concurrency` fetches at once whenever a job arrives, and each
    calls `moveToActive` until one of them finds the queue empty: at a steady trickle of jobs
    that is up to `concurrency` script calls per job, nearly all empty. `FetchNextWorker`
@@ -73,15 +72,23 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq ships no type inf
             job: Job | None = await super().getNextJob(token)
             return job
 
-    async def processJob(self, job: Job, token: str) -> Job | None:
-        """Process `job`; return the next job when its completion fetched one (same token).
+    async def processJob(self, job: Job, token: str) -> None:
+        """Process `job`, then each job its completion fetched, in this same task (same token).
 
-        The port's run loop treats a returned `Job` like one from `getNextJob`. A fetched job is
-        already active and locked for `token`, so it is returned even if the worker started
-        closing meanwhile (a graceful close processes it; a forced one leaves it to the stalled
-        check, as with any active job).
+        A fetched job is already active and locked for `token`. Processing it here rather than
+        handing it back to the port's run loop means a graceful `close()` waits for it: the
+        port's teardown waits only for the tasks running when it started, and its run loop stops
+        taking jobs once closing, so a job fetched by a completion in flight at that moment
+        would stay active until the stalled check. It also spares the run loop a task and an
+        `asyncio.wait` over every slot per job. Completions fetch nothing once closing or
+        paused, which ends the loop; a forced close cancels it like any processing task.
         """
-        await super().processJob(job, token)
+        next_job: Job | None = job
+        while next_job is not None:
+            await super().processJob(next_job, token)
+            next_job = await self._fetched_job(token)
+
+    async def _fetched_job(self, token: str) -> Job | None:
         fetched = self._fetched.pop(token, None)
         if fetched is None:
             return None
@@ -101,8 +108,11 @@ def pooled_connection(url: str, size: int) -> aioredis.Redis:
     """
     # from_url picks the connection class (TCP, TLS, unix socket) as `Redis.from_url` does; the
     # other options are the port's connection options of `bullmq_connection`.
+    url_options = redis_kwargs(url)
     options = {key: value for key, value in bullmq_connection(url).items()
-               if key not in redis_kwargs(url)}
+               if key not in url_options}
+    if "unix_socket_path" in url_options:  # TCP keepalive is for TCP connections only
+        options.pop("socket_keepalive", None)
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=size, timeout=None, decode_responses=True, **options,
     )
