@@ -65,7 +65,8 @@ def _mb(value: int) -> str:
 async def cmd_status(ops: Ops, args: argparse.Namespace) -> int:
     counts = await ops.queue.getJobCounts(*STATES)
     try:
-        # Named connections: a Python BullMQ worker process holds two (blocking + commands).
+        # Named connections: the port's Worker holds two (blocking + commands); a slackq worker
+        # process up to WORKER_REDIS_CONNECTIONS + 1 (its pool, named as connections open).
         workers: int | None = len(await ops.queue.get_workers())
     except RedisError:  # CLIENT LIST denied (e.g. a stricter ACL than docs/acl.md)
         workers = None
