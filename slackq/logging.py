@@ -13,9 +13,11 @@ from typing import Any
 
 import structlog
 
-# Slack tokens (xoxb-, xoxp-, xapp-...) and passwords inside URLs must never reach a log line.
+# Slack tokens (xoxb-, xoxp-, xapp-...) and passwords inside URLs (user:password@ or
+# ?password=) must never reach a log line, tracebacks included.
 _TOKEN = re.compile(r"xox[a-z]-[0-9A-Za-z-]+|xapp-[0-9A-Za-z-]+")
 _URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)[^@\s]+@")
+_QUERY_PASSWORD = re.compile(r"(password=)[^&\s'\"]+", re.IGNORECASE)
 _REDACT_KEYS = frozenset({"token", "password", "signing_secret", "secret", "authorization"})
 
 
@@ -26,6 +28,8 @@ def redact(text: str) -> str:
         text = _TOKEN.sub("xox?-***", text)
     if "@" in text:
         text = _URL_PASSWORD.sub(r"\1***@", text)
+    if "=" in text and "password=" in text.lower():
+        text = _QUERY_PASSWORD.sub(r"\1***", text)
     return text
 
 
@@ -47,15 +51,18 @@ def configure_logging(log_format: str = "json", log_level: str = "info") -> None
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # Tracebacks become text before redaction: an exception's message may hold a URL.
+        structlog.processors.format_exc_info,
         _redact_processor,
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if log_format == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(),
+                                           exception_formatter=structlog.dev.plain_traceback)
     )
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,

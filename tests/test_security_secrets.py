@@ -3,9 +3,12 @@ debug level, with failures, retries, rejections and refused start-ups, are searc
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from slackq.embedded import RedisProcess
 from tests.fake_slack import FakeSlack, rate_limited, slack_error
@@ -78,3 +81,35 @@ def test_no_secret_in_the_logs_of_a_full_run(fake_slack: FakeSlack, tmp_path: Pa
     finally:
         server.kill()
     assert_no_secret((server.data_dir / "server.log").read_text(), "redis-server log")
+
+
+LOG_EXCEPTIONS = """
+import logging, sys
+import structlog
+from slackq.logging import configure_logging
+configure_logging(sys.argv[1], "info")
+url = "redis://u:{pw}@127.0.0.1:6379/0"
+try:
+    raise RuntimeError(f"connecting to {{url}} with {bot}")
+except RuntimeError:
+    structlog.get_logger().exception("structlog_traceback")
+try:
+    raise RuntimeError(f"connecting to {{url}} with {bot}")
+except RuntimeError:
+    logging.getLogger("redis").exception("stdlib_traceback")
+structlog.get_logger().info("query_password", url="rediss://h:6380/0?password={pw}&db=0")
+"""
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_tracebacks_and_url_query_passwords_are_redacted(log_format: str) -> None:
+    """An exception's message can hold a Redis URL or a token: its traceback is redacted too."""
+    code = LOG_EXCEPTIONS.format(pw=REDIS_PASSWORD, bot=BOT_TOKEN)
+    out = subprocess.run([sys.executable, "-W", "error", "-c", code, log_format],
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    for event in ("structlog_traceback", "stdlib_traceback", "query_password"):
+        assert event in out.stderr
+    assert out.stderr.count("Traceback (most recent call last)") == 2  # rendered, not a repr
+    assert "password=***" in out.stderr and "u:***@" in out.stderr
+    assert_no_secret(out.stderr, f"{log_format} log lines with tracebacks")
