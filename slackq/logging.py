@@ -64,7 +64,9 @@ def configure_logging(log_format: str = "json", log_level: str = "info") -> None
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write() per line, newline included (print() makes two): the processes of a dyno
+        # share stderr, and two lines written at once must not interleave.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
