@@ -1,0 +1,101 @@
+"""slackq/pool.py: the lean pool blocks instead of failing, never lends a dirty connection, and
+packs commands into exactly the bytes redis-py's own packer makes (real redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection, ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, MaxConnectionsError
+
+from slackq.embedded import RedisProcess, free_port
+from slackq.pool import LeanConnectionPool, hiredis_packing, lean_client
+from tests.waiting import wait_until
+
+PACKED_ARGS: list[tuple[Any, ...]] = [
+    ("SET", "k", "v"),
+    ("CONFIG GET", "maxmemory-policy"),  # a command name with a space is split
+    ("EVALSHA", "a" * 40, 2, "bull:q:wait", "bull:q:active", 1700000000000, -1, 0.1, 1e20,
+     2**70, "é", b"\x00\xff\r\n", memoryview(b"view"), bytearray(b"array"), "x" * 70_000),
+]
+
+
+@pytest.mark.parametrize("args", PACKED_ARGS, ids=["set", "two-word", "evalsha"])
+def test_hiredis_packing_makes_the_same_bytes_as_redis_py(args: tuple[Any, ...]) -> None:
+    python_packed = b"".join(bytes(c) for c in Connection().pack_command(*args))
+    hiredis_packed = b"".join(hiredis_packing(Connection)().pack_command(*args))
+    assert hiredis_packed == python_packed
+
+
+@pytest.mark.parametrize("bad", [True, None, object()])
+def test_hiredis_packing_refuses_what_redis_py_refuses(bad: Any) -> None:
+    with pytest.raises(DataError):
+        Connection().pack_command("SET", "k", bad)
+    with pytest.raises(DataError):
+        hiredis_packing(Connection)().pack_command("SET", "k", bad)
+
+
+async def test_callers_wait_for_a_connection_instead_of_failing(
+    redis_server: RedisProcess,
+) -> None:
+    """Six blocking commands on a pool of two: all complete, two connections at most.
+
+    redis-py's plain pool raises MaxConnectionsError here (checked, so the test can fail).
+    """
+    plain = aioredis.Redis.from_pool(ConnectionPool.from_url(redis_server.url, max_connections=2))
+    lean = lean_client(redis_server.url, 2)
+    try:
+        outcomes = await asyncio.gather(*(plain.blpop([f"empty{i}"], 0.2) for i in range(6)),
+                                        return_exceptions=True)
+        assert any(isinstance(outcome, MaxConnectionsError) for outcome in outcomes)
+        replies = await asyncio.wait_for(
+            asyncio.gather(*(lean.blpop([f"empty{i}"], 0.2) for i in range(6))), 10)
+        assert replies == [None] * 6
+        pool = lean.connection_pool
+        assert len(pool._available_connections) + len(pool._in_use_connections) == 2
+        assert await lean.ping()  # and the pool still lends after all that
+    finally:
+        await plain.aclose()
+        await lean.aclose()
+
+
+async def test_a_cancelled_command_leaves_no_reply_for_the_next_one(
+    redis_server: RedisProcess,
+) -> None:
+    """A command cancelled while Redis holds it must not hand its late reply to the next
+    command on the same (only) connection."""
+    lean = lean_client(redis_server.url, 1, decode_responses=True)
+    other = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        await other.set("k", "own reply")
+        waiting = asyncio.create_task(lean.blpop(["list"], 5))
+
+        async def blocked() -> bool:
+            return any(client["cmd"] == "blpop" for client in await other.client_list())
+
+        await wait_until(blocked, within=5, what="BLPOP blocked in Redis")
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await other.lpush("list", "stale")  # a reply the cancelled BLPOP might still get
+        assert await asyncio.wait_for(lean.get("k"), 5) == "own reply"
+    finally:
+        await lean.aclose()
+        await other.aclose()
+
+
+async def test_failed_connects_give_their_slot_back() -> None:
+    """Nothing listens: every attempt fails fast, and more attempts than slots still fail
+    fast (a leaked slot would make the third one wait forever)."""
+    pool = LeanConnectionPool.from_url(f"redis://127.0.0.1:{free_port()}/0", max_connections=2,
+                                       socket_connect_timeout=1)
+    client = aioredis.Redis.from_pool(pool)
+    try:
+        for _ in range(4):
+            with pytest.raises(RedisConnectionError):
+                await asyncio.wait_for(client.execute_command("PING"), 5)
+    finally:
+        await client.aclose()
