@@ -34,6 +34,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.connection import HiredisRespSerializer
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.utils import HIREDIS_AVAILABLE
 
 _HIREDIS_PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {}
@@ -64,6 +65,7 @@ class LeanConnectionPool(aioredis.ConnectionPool):
         self.connection_class = hiredis_packing(self.connection_class)
         # Not bound to an event loop until a caller has to wait (Python >= 3.10).
         self._slots = asyncio.Semaphore(self.max_connections)
+        self._lent: set[AbstractConnection] = set()  # each holds one slot until released
 
     async def get_connection(self, *_args: Any, **_options: Any) -> AbstractConnection:
         """A connected connection, checked; waits while all `max_connections` are lent out."""
@@ -78,14 +80,20 @@ class LeanConnectionPool(aioredis.ConnectionPool):
                 self._available_connections.append(connection)
             self._slots.release()
             raise
+        self._lent.add(connection)
         return connection
 
     async def release(self, connection: AbstractConnection) -> None:
-        """Take `connection` back (disconnecting it first if it asked to reconnect)."""
+        """Take `connection` back (disconnecting it first if it asked to reconnect).
+
+        A connection this pool did not lend, or one released twice, frees no slot: an extra
+        slot would let a caller past the wait into redis-py's `MaxConnectionsError`.
+        """
+        if connection not in self._lent:
+            return
+        self._lent.discard(connection)
         try:
-            if connection not in self._in_use_connections:
-                return  # not lent by this pool (or the pool was reset meanwhile): not ours
-            self._in_use_connections.remove(connection)
+            self._in_use_connections.discard(connection)
             if connection.should_reconnect():  # type: ignore[no-untyped-call]
                 await connection.disconnect()
             self._available_connections.append(connection)
@@ -99,5 +107,8 @@ def lean_client(url: str, max_connections: int, **options: Any) -> aioredis.Redi
     `from_url` picks the connection class (TCP, TLS, unix socket) as `Redis.from_url` does; the
     client owns the pool, so closing the client closes its connections.
     """
+    # Maintenance notifications (RESP3 push messages of Redis Enterprise) would rewrite the pool
+    # under the lock this pool does not take: off, whatever the URL says.
+    options.setdefault("maint_notifications_config", MaintNotificationsConfig(enabled=False))
     pool = LeanConnectionPool.from_url(url, max_connections=max_connections, **options)
     return aioredis.Redis.from_pool(pool)

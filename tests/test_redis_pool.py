@@ -99,3 +99,29 @@ async def test_failed_connects_give_their_slot_back() -> None:
                 await asyncio.wait_for(client.execute_command("PING"), 5)
     finally:
         await client.aclose()
+
+
+async def test_a_second_release_frees_no_second_slot(redis_server: RedisProcess) -> None:
+    """Releasing one connection twice must not let a third caller past a pool of one into
+    MaxConnectionsError: the third caller waits for the holder, as it should."""
+    pool = LeanConnectionPool.from_url(redis_server.url, max_connections=1)
+    client = aioredis.Redis.from_pool(pool)
+    try:
+        connection = await pool.get_connection()
+        await pool.release(connection)
+        await pool.release(connection)  # a caller's mistake: ignored
+        held = await pool.get_connection()
+        waiting = asyncio.create_task(client.ping())
+        for _ in range(10):  # let it reach the pool's wait (without the fix: MaxConnectionsError)
+            await asyncio.sleep(0)
+        assert not waiting.done()
+        await pool.release(held)
+        assert await asyncio.wait_for(waiting, 5)
+    finally:
+        await client.aclose()
+
+
+def test_maintenance_notifications_are_off_whatever_the_url_says() -> None:
+    url = "redis://127.0.0.1:1/0?protocol=3"  # RESP3: redis-py turns them on by itself
+    assert ConnectionPool.from_url(url).maint_notifications_enabled()
+    assert not lean_client(url, 2).connection_pool.maint_notifications_enabled()
