@@ -355,7 +355,8 @@ def latency_probe(run: Run, queue_name: str, rate: float, seconds: float,
 
 def section_latency(run: Run) -> None:
     rate, seconds, warmup = 500.0, max(3.0, 8.0 * run.scale), 1.0
-    impls = ["node", "port", "dyno"]
+    # One slackq process next to the dyno: at a trickle the dyno's second process costs CPU.
+    impls = ["node", "port", "slackq", "dyno"]
     concurrency = 10
     results: dict[str, dict[str, float]] = {}
     for impl in impls:
@@ -376,7 +377,10 @@ def section_latency(run: Run) -> None:
               f"(add -> `completed` event; worker concurrency {concurrency} per dyno)")
     run.print()
     node = results["node"]
-    rows = [[impl, f"{r['p50']:.2f}", f"{r['p99']:.2f}", ratio(r["p99"], node["p99"]),
+    processes, per_process = dyno_shape(concurrency, usable_cpus())
+    labels = {"node": "Node", "port": "port Worker as shipped", "slackq": "slackq, 1 process",
+              "dyno": f"slackq dyno ({processes} processes x {per_process})"}
+    rows = [[labels[impl], f"{r['p50']:.2f}", f"{r['p99']:.2f}", ratio(r["p99"], node["p99"]),
              f"{r['cpu']:.0f}%", f"{r['redis_cpu']:.0f}%", str(int(r["n"]))]
             for impl, r in results.items()]
     table(run, ["worker", "p50 ms", "p99 ms", "p99/Node", "worker CPU (of one core)",
