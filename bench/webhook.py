@@ -1,16 +1,19 @@
-"""Ack latency of slackq's webhook vs Bolt for Python's AsyncApp, side by side, open loop.
+"""Ack latency of slackq's webhook, a bare store-before-ack floor and Bolt, side by side.
 
-    python bench/webhook.py [--rates 500,1000,...] [--seconds 3] [--reps 3]
+    python bench/webhook.py [--rates 250,500,...] [--seconds 3] [--reps 3] [--servers ...]
 
-Both servers run as the Procfile runs the web process (`python -m producers`: uvicorn, one
-process) on 127.0.0.1; slackq stores every event in a real redis-server started with the
-project's redis.conf (AOF everysec) before it answers, Bolt acknowledges in process. The
-generator (bench/node/webhook_load.js: Node, so that it takes little of a 2-core machine) sends
-signed `app_mention` events, each with a fresh event_id, at a fixed rate over keep-alive
-connections. Latency counts from each request's *scheduled* send time (open loop), so a server
-that falls behind pays for the queue it builds. Each rate runs --reps times, the servers taking
-turns; the table shows the median of the runs' p50/p95/p99 and the highest rate with p99 under
-5 ms.
+Three servers, each served by uvicorn in its own process on 127.0.0.1: slackq as the Procfile
+runs the web process (`python -m producers`), storing every event in a real redis-server
+started with the project's redis.conf (AOF everysec) before it answers; the *store floor*
+(bench/store_floor_app.py: bare ASGI, `hmac` check, the port's `Queue.add` of the event, then
+200; no validation, log line or metrics), the least a BullMQ-compatible "200 means stored"
+webhook does; and Bolt for Python's AsyncApp, which acknowledges in
+process without I/O. The generator (bench/node/webhook_load.js: Node, so that it takes little of
+a 2-core machine) sends signed `app_mention` events, each with a fresh event_id, at a fixed rate
+over keep-alive connections. Latency counts from each request's *scheduled* send time (open
+loop), so a server that falls behind pays for the queue it builds. Each rate runs --reps times,
+the servers taking turns; the table shows the median of the runs' p50/p95/p99 and the highest
+rate with p99 under 5 ms. The script fails if a storing server's 200s and stored events differ.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,12 +166,12 @@ def measure(rates: list[int], seconds: float, reps: int, servers: dict[str, tupl
                 note = ""
                 if settle_rewrites(redis_server) != rewrites:
                     note = "  (an AOF rewrite ran during this run)"
-                if name == "slackq":
-                    stored = redis_server_jobs(redis_server)
+                if name in STORED:
+                    stored = STORED[name](redis_server)
                     answered = len(result.latencies_ms) - result.errors
                     if stored != answered:
-                        raise SystemExit(f"slackq answered 200 {answered} times but stored "
-                                         f"{stored} jobs")
+                        raise SystemExit(f"{name} answered 200 {answered} times but stored "
+                                         f"{stored} events")
                 print(f"  {name:>6} {rate:>5}/s  p50 {result.percentile(0.5):6.2f}  "
                       f"p99 {result.percentile(0.99):7.2f} ms  non-200 {result.errors}  "
                       f"server CPU {result.cpu_us_per_request:4.0f} us/request{note}",
@@ -200,36 +203,46 @@ def settle_rewrites(redis_server: RedisProcess) -> int:
         return int(info["aof_rewrites"]) + int(info["aof_rewrite_in_progress"])
 
 
+SERVERS = {  # name -> command; each is served by uvicorn in its own process
+    "slackq": [sys.executable, "-m", "producers"],  # as the Procfile runs it
+    "floor": [sys.executable, "bench/store_floor_app.py"],  # bare store-before-ack
+    "bolt": [sys.executable, "bench/bolt_app.py"],  # ack without I/O
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rates", default="500,1000,1500,2000,2500,3000,3500")
+    parser.add_argument("--rates", default="250,500,750,1000,1500,2000,3000")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--reps", type=int, default=3, help="runs per rate and server")
-    parser.add_argument("--only", choices=["slackq", "bolt"], help="measure one server only")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help=f"comma-separated, among {', '.join(SERVERS)}")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
+    names = [name for name in args.servers.split(",") if name]
+    if not names or any(name not in SERVERS for name in names):
+        parser.error(f"--servers: choose among {', '.join(SERVERS)}")
     with tempfile.TemporaryDirectory(prefix="slackq-bench-") as tmp:
         work = Path(tmp)
         redis_server = RedisProcess(data_dir=work / "redis")
         redis_server.start()
-        slackq_port, bolt_port = free_port(), free_port()
         env = {**os.environ, "SLACK_SIGNING_SECRET": SECRET, "REDIS_URL": redis_server.url,
                "LOG_FORMAT": "json", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
         try:
-            with server([sys.executable, "-m", "producers"], {**env, "PORT": str(slackq_port)},
-                        slackq_port, work / "slackq.log") as slackq_pid, \
-                    server([sys.executable, "bench/bolt_app.py"], {**env, "PORT": str(bolt_port)},
-                           bolt_port, work / "bolt.log") as bolt_pid:
-                servers = {"slackq": (slackq_port, slackq_pid), "bolt": (bolt_port, bolt_pid)}
-                if args.only:
-                    servers = {args.only: servers[args.only]}
+            with ExitStack() as stack:
+                servers = {}
+                for name in names:
+                    port = free_port()
+                    pid = stack.enter_context(server(SERVERS[name], {**env, "PORT": str(port)},
+                                                     port, work / f"{name}.log"))
+                    servers[name] = (port, pid)
                 results = measure(rates, args.seconds, args.reps, servers, redis_server, work)
         finally:
             redis_server.stop()
     load = os.getloadavg()[0]
     print(f"\nack latency in ms from the scheduled send time (medians of {args.reps} runs of "
           f"{args.seconds:g} s per rate); {os.cpu_count()} CPUs; load average at the end "
-          f"{load:.2f}; every slackq 200 was a stored job\n")
+          f"{load:.2f}; every 200 of slackq and of the floor was stored\n")
     print(table(rates, results))
     return 0
 
@@ -239,6 +252,17 @@ def redis_server_jobs(redis_server: RedisProcess) -> int:
 
     with redis.Redis(port=redis_server.port) as client:
         return int(client.llen("bull:slack-events:wait"))
+
+
+def floor_events(redis_server: RedisProcess) -> int:
+    import redis
+
+    with redis.Redis(port=redis_server.port) as client:
+        return int(client.llen("floor:events")) + int(client.llen("bull:slack-events:wait"))
+
+
+# What each storing server has stored since the last settle (FLUSHDB), to compare with its 200s.
+STORED = {"slackq": redis_server_jobs, "floor": floor_events}
 
 
 if __name__ == "__main__":
