@@ -4,6 +4,9 @@ packs commands into exactly the bytes redis-py's own packer makes (real redis-se
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +15,7 @@ from redis.asyncio.connection import Connection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, MaxConnectionsError
 
+from slackq.connection import producer_client
 from slackq.embedded import RedisProcess, free_port
 from slackq.pool import LeanConnectionPool, hiredis_packing, lean_client
 from tests.waiting import wait_until
@@ -125,3 +129,22 @@ def test_maintenance_notifications_are_off_whatever_the_url_says() -> None:
     url = "redis://127.0.0.1:1/0?protocol=3"  # RESP3: redis-py turns them on by itself
     assert ConnectionPool.from_url(url).maint_notifications_enabled()
     assert not lean_client(url, 2).connection_pool.maint_notifications_enabled()
+
+
+async def test_the_producer_client_stores_over_a_unix_socket() -> None:
+    """`producer_client` builds its lean pool from a unix:// URL (no TCP keepalive there)."""
+    socket_dir = Path(tempfile.mkdtemp(prefix="sq-", dir="/tmp"))  # short: sun_path is 108 bytes
+    server = RedisProcess(data_dir=socket_dir / "data",
+                          overrides={"unixsocket": str(socket_dir / "r.sock"),
+                                     "unixsocketperm": "700"})
+    server.start()
+    client = producer_client(f"unix://{socket_dir / 'r.sock'}?db=0")
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.set("k", "é").get("k")
+        assert await pipe.execute() == [True, "é"]
+        assert isinstance(client.connection_pool, LeanConnectionPool)
+    finally:
+        await client.aclose()
+        server.stop()
+        shutil.rmtree(socket_dir, ignore_errors=True)
