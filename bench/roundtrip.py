@@ -27,6 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.venv import use_project_venv  # noqa: E402
+
+use_project_venv()
 
 import redis.asyncio as aioredis  # noqa: E402
 import uvloop  # noqa: E402

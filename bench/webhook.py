@@ -32,10 +32,13 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.venv import use_project_venv  # noqa: E402
+
+use_project_venv()
+
+import httpx  # noqa: E402
 
 from slackq.embedded import RedisProcess, free_port  # noqa: E402 - after the path set-up
 from tests.slack_requests import app_mention_envelope, encode, signed_headers  # noqa: E402
