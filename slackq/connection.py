@@ -36,6 +36,11 @@ def redis_kwargs(url: str) -> dict[str, Any]:
     return parsed
 
 
+def is_unix_socket(url: str) -> bool:
+    """Whether `url` names a unix socket (TCP options such as keepalive do not apply)."""
+    return "unix_socket_path" in redis_kwargs(url)
+
+
 def bullmq_connection(url: str) -> dict[str, Any]:
     """Connection options for a BullMQ `Worker` / `QueueEvents` (blocking commands allowed)."""
     return {
@@ -55,9 +60,7 @@ def producer_client(url: str, *, timeout: float = 1.0) -> aioredis.Redis:
     redis-py's): at most 64 connections, and a command that finds them all busy waits for one
     within the caller's budget instead of failing.
     """
-    options: dict[str, Any] = {"socket_keepalive": True}
-    if url.startswith("unix://"):  # TCP keepalive is for TCP connections only
-        options = {}
+    options: dict[str, Any] = {} if is_unix_socket(url) else {"socket_keepalive": True}
     return lean_client(
         url, 64,
         redis_connect_func=track_connect,  # counts (re)connections for /metrics

@@ -22,8 +22,7 @@ finds them all busy waits its turn (it never fails), and a connection is checked
 lent (`ensure_connection`: connected, nothing unread left on it from an interrupted command,
 reconnected otherwise). It leaves out the rest, so it is not for a client that needs redis-py's
 release events (streaming credential providers) or maintenance notifications (Redis Enterprise
-cluster moves): slackq uses neither. Upstream-worthy: a fast path in redis-py's pools when no
-listener or meter is registered.
+cluster moves): slackq uses neither.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from bullmq import Job, Worker
 
-from slackq.connection import bullmq_connection, redis_kwargs
+from slackq.connection import bullmq_connection, is_unix_socket, redis_kwargs
 from slackq.pool import lean_client
 from slackq.settings import Settings
 
@@ -114,7 +114,7 @@ def pooled_connection(url: str, size: int) -> aioredis.Redis:
     url_options = redis_kwargs(url)
     options = {key: value for key, value in bullmq_connection(url).items()
                if key not in url_options}
-    if "unix_socket_path" in url_options:  # TCP keepalive is for TCP connections only
+    if is_unix_socket(url):  # TCP keepalive is for TCP connections only
         options.pop("socket_keepalive", None)
     return lean_client(url, size, decode_responses=True, **options)
 
