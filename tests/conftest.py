@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from harness.slack_standin import FakeSlack
 from slackq.embedded import RedisProcess
 from slackq.settings import Settings
-from tests.fake_slack import FakeSlack
 from tests.slack_requests import BOT_TOKEN, SIGNING_SECRET
 from tests.webhook_client import module_redis, queue_redis, webhook_settings  # noqa: F401 - fixtures
 

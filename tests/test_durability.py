@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from slackq.durability.campaign import CampaignConfig, run_campaign
-from slackq.durability.powerloss import PowerLossDisk, unavailable_reason
-from slackq.durability.servers import ContainerServer, docker_unavailable_reason
-from slackq.durability.traffic import TrafficConfig
+from harness.campaign import CampaignConfig, run_campaign
+from harness.powerloss import PowerLossDisk, unavailable_reason
+from harness.servers import ContainerServer, docker_unavailable_reason
+from harness.traffic import TrafficConfig
 from slackq.embedded import PROJECT_ROOT
 
 pytestmark = pytest.mark.durability
@@ -101,7 +101,7 @@ def test_checker_catches_one_deleted_effect(crash_report: dict[str, Any]) -> Non
         "".join(line + "\n" for line in lines if f'"id":"{victim}"' not in line))
 
     result = subprocess.run(
-        [sys.executable, "-m", "slackq.durability", "check", str(ledger), "--mode", "crash"],
+        [sys.executable, "-m", "harness", "check", str(ledger), "--mode", "crash"],
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60, check=False)
     verdict = json.loads(result.stdout)
     assert result.returncode == 1
@@ -112,7 +112,7 @@ def test_crash_control_without_aof_is_flagged(tmp_path: Path) -> None:
     """`appendonly no`: the CLI must report the loss and exit non-zero."""
     report_path = tmp_path / "report.json"
     result = subprocess.run(
-        [sys.executable, "-m", "slackq.durability", "--mode", "crash", "--appendonly", "no",
+        [sys.executable, "-m", "harness", "--mode", "crash", "--appendonly", "no",
          "--kills", "2", "--jobs", str(QUICK.jobs), "--duration", str(QUICK.duration),
          "--seed", str(SEED), "--report", str(report_path), "--work-dir", str(tmp_path / "w")],
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=110, check=False)

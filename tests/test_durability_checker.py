@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from slackq.durability.checker import CheckInput, check, loss_age
-from slackq.durability.ledger import Ack, Effect, Ledger, LedgerData, read_ledger
+from harness.checker import CheckInput, check, loss_age
+from harness.ledger import Ack, Effect, Ledger, LedgerData, read_ledger
 
 pytestmark = pytest.mark.durability
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from slackq.durability import powerloss
-from slackq.durability.powerfs import PageCache
+from harness import powerloss
+from harness.powerfs import PageCache
 
 pytestmark = pytest.mark.durability
 

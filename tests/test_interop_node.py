@@ -20,9 +20,9 @@ import pytest
 import redis.asyncio as aioredis
 from bullmq import Job, Queue
 
+from harness.slack_standin import FakeSlack, rate_limited, server_error, slack_error
 from slackq.contract import job_options
 from slackq.settings import Settings
-from tests.fake_slack import FakeSlack, rate_limited, server_error, slack_error
 from tests.interop import (
     RetryTrace,
     StoredJob,

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.slack_standin import FakeSlack, rate_limited, server_error
 from slackq.embedded import RedisProcess, free_port
-from tests.fake_slack import FakeSlack, rate_limited, server_error
 from tests.security_support import procfile_stack
 from tests.slack_requests import app_mention_envelope, encode, signed_headers
 

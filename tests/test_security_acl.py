@@ -15,8 +15,8 @@ import httpx
 import pytest
 import redis
 
+from harness.slack_standin import FakeSlack, server_error
 from slackq.embedded import PROJECT_ROOT, RedisProcess
-from tests.fake_slack import FakeSlack, server_error
 from tests.processes import process_env
 from tests.security_support import procfile_stack
 from tests.slack_requests import app_mention_envelope, encode, signed_headers

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.slack_standin import FakeSlack, rate_limited, slack_error
 from slackq.embedded import RedisProcess
-from tests.fake_slack import FakeSlack, rate_limited, slack_error
 from tests.security_support import procfile_stack, run_cli, start_fails
 from tests.slack_requests import (
     BOT_TOKEN,

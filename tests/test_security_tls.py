@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fake_slack import FakeSlack
+from harness.slack_standin import FakeSlack
 from tests.security_support import (
     Certificates,
     TLSRedis,

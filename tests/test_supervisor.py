@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from bullmq import Queue
 
+from harness.slack_standin import FakeSlack
 from slackq.contract import job_options
 from slackq.embedded import RedisProcess
 from slackq.settings import Settings, usable_cpus
-from tests.fake_slack import FakeSlack
 from tests.processes import Proc, process_env
 from tests.slack_requests import BOT_TOKEN, app_mention_envelope
 from worker.supervisor import RestartPolicy, clean_exit

@@ -18,10 +18,10 @@ import redis.asyncio as aioredis
 from bullmq import Job, Queue
 from structlog.testing import capture_logs
 
+from harness.slack_standin import FakeSlack, rate_limited, server_error, slack_error
 from slackq.contract import REMOVE_ON_FAIL
 from slackq.embedded import free_port
 from slackq.settings import Settings
-from tests.fake_slack import FakeSlack, rate_limited, server_error, slack_error
 from tests.waiting import wait_until
 from tests.worker_app import app_registry
 from tests.worker_helpers import add_mention, job_key, job_state, make_queue

@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 from bullmq import Queue
 
+from harness.slack_standin import FakeSlack, rate_limited
 from slackq.settings import Settings
-from tests.fake_slack import FakeSlack, rate_limited
 from tests.waiting import wait_until
 from tests.worker_app import app_registry
 from tests.worker_helpers import add_mention, job_key, make_queue, state_key

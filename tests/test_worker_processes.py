@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from harness.slack_standin import FakeSlack
 from slackq.embedded import RedisProcess
 from slackq.settings import Settings
-from tests.fake_slack import FakeSlack
 from tests.processes import Proc, process_env
 from tests.slack_requests import BOT_TOKEN
 from tests.waiting import wait_until_sync

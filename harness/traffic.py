@@ -21,8 +21,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
+from harness.ledger import Ledger
 from slackq.connection import bullmq_connection, redis_kwargs
-from slackq.durability.ledger import Ledger
 
 log = structlog.get_logger(__name__)
 

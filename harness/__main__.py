@@ -1,8 +1,8 @@
-"""`python -m slackq.durability`: run a kill/restart campaign, or re-check a ledger.
+"""`python -m harness`: run a kill/restart campaign, or re-check a ledger.
 
-    python -m slackq.durability --mode crash --kills 5 --jobs 20000 --duration 60 \
+    python -m harness --mode crash --kills 5 --jobs 20000 --duration 60 \
         --server valkey --seed 7 --report report.json
-    python -m slackq.durability check WORK_DIR/ledger --mode crash
+    python -m harness check WORK_DIR/ledger --mode crash
 
 Exit status: 0 when the verdict is pass, 1 when it is fail, 2 on a usage or set-up error,
 3 when the mode cannot run here (e.g. powerloss without FUSE; the reason is printed).
@@ -16,19 +16,19 @@ import json
 import sys
 from pathlib import Path
 
-from slackq.durability.campaign import CampaignConfig, run_campaign
-from slackq.durability.checker import CheckInput, check
-from slackq.durability.errors import BackendUnavailable, DurabilityError
-from slackq.durability.ledger import read_ledger
-from slackq.durability.report import summary, write_json
-from slackq.durability.traffic import TrafficConfig
+from harness.campaign import CampaignConfig, run_campaign
+from harness.checker import CheckInput, check
+from harness.errors import BackendUnavailable, DurabilityError
+from harness.ledger import read_ledger
+from harness.report import summary, write_json
+from harness.traffic import TrafficConfig
 from slackq.logging import configure_logging
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 
 def run_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m slackq.durability",
+    parser = argparse.ArgumentParser(prog="python -m harness",
                                      description="Kill Redis mid-run and check what it kept.")
     parser.add_argument("--mode", choices=("crash", "powerloss"), default="crash")
     parser.add_argument("--kills", type=int, default=3)
@@ -57,7 +57,7 @@ def run_parser() -> argparse.ArgumentParser:
 
 
 def check_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m slackq.durability check",
+    parser = argparse.ArgumentParser(prog="python -m harness check",
                                      description="Re-run the checker on an existing ledger.")
     parser.add_argument("ledger", type=Path)
     parser.add_argument("--mode", choices=("crash", "powerloss"), default="crash")

@@ -3,7 +3,7 @@
 Producers append `sent` (every attempt) and `acked` (once Redis answered); workers append one
 `effect` per execution; the chaos controller appends `kill` and `ready`; the campaign appends
 `failed` for jobs that ended in BullMQ's failed set. Every line is one JSON object with a `kind`
-and a wall-clock time `t`, so a ledger can be re-checked later (`python -m slackq.durability
+and a wall-clock time `t`, so a ledger can be re-checked later (`python -m harness
 check DIR`) and edited by hand to prove the checker catches a loss.
 """
 

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 import redis
 import structlog
 
-from slackq.durability.ledger import Ledger
-from slackq.durability.servers import ServerControl
+from harness.ledger import Ledger
+from harness.servers import ServerControl
 
 log = structlog.get_logger(__name__)
 

@@ -1,5 +1,10 @@
 """A loopback stand-in for the Slack Web API: the only fake the tests allow.
 
+Tests start it in-process (`FakeSlack().start()`); a person runs it on its own to watch events go
+all the way round without a Slack workspace (README "Try it"):
+
+    python -m harness.slack_standin --port 8099     # then SLACK_API_URL=http://127.0.0.1:8099/api/
+
 It speaks the wire format slack-sdk expects (`POST /api/<method>`, JSON `{"ok": ...}` bodies,
 `ok:false` errors, HTTP 429 with `Retry-After`, 5xx) and records every call it receives.
 Scripted responses are consumed per method in order; after them every call succeeds.
@@ -7,9 +12,12 @@ Scripted responses are consumed per method in order; after them every call succe
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -48,12 +56,13 @@ def server_error(status: int = 500) -> Scripted:
 class FakeSlack:
     """Run with `start()`; point `SLACK_API_URL` at `base_url`; read `calls`."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0, on_call: Callable[[Call], None] | None = None) -> None:
         self.calls: list[Call] = []
+        self._on_call = on_call
         self._script: dict[str, list[Scripted]] = {}
         self._lock = threading.Lock()
         self._ts = 1_700_000_000
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -63,6 +72,11 @@ class FakeSlack:
     def start(self) -> FakeSlack:
         self._thread.start()
         return self
+
+    def join(self) -> None:
+        """Block until `stop()` (from another thread) or an interrupt."""
+        while self._thread.is_alive():
+            self._thread.join(0.5)
 
     def stop(self) -> None:
         self._server.shutdown()
@@ -86,8 +100,11 @@ class FakeSlack:
         raise AssertionError(f"expected {count} {method} calls, got {len(self.calls_to(method))}")
 
     def _answer(self, method: str, args: dict[str, Any], headers: dict[str, str]) -> Scripted:
+        call = Call(method, args, headers, time.time())
+        if self._on_call is not None:
+            self._on_call(call)
         with self._lock:
-            self.calls.append(Call(method, args, headers, time.time()))
+            self.calls.append(call)
             queued = self._script.get(method)
             if queued:
                 return queued.pop(0)
@@ -124,3 +141,35 @@ class FakeSlack:
                 pass
 
         return Handler
+
+
+def describe(call: Call, limit: int = 120) -> str:
+    """One printable line for a call: the method, channel and text, bounded; never a header
+    (the Authorization header holds the bot token)."""
+    text = str(call.args.get("text", ""))
+    shown = text if len(text) <= limit else text[:limit] + "..."
+    fields = [call.method, f"channel={call.args.get('channel', '-')}", f"text={shown!r}"]
+    if call.args.get("thread_ts"):
+        fields.append(f"thread_ts={call.args['thread_ts']}")
+    return " ".join(fields).encode("unicode_escape").decode("ascii")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until interrupted, printing one line per Web API call received."""
+    parser = argparse.ArgumentParser(prog="python -m harness.slack_standin",
+                                     description="A loopback stand-in for Slack's Web API.")
+    parser.add_argument("--port", type=int, default=8099)
+    args = parser.parse_args(argv)
+    fake = FakeSlack(args.port, on_call=lambda call: print(describe(call), flush=True))
+    print(f"Slack stand-in on {fake.base_url} (set SLACK_API_URL to it); Ctrl-C stops",
+          flush=True)
+    fake.start()
+    try:
+        fake.join()
+    except KeyboardInterrupt:
+        fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

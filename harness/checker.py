@@ -16,7 +16,7 @@ import bisect
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from slackq.durability.ledger import Ack, LedgerData
+from harness.ledger import Ack, LedgerData
 
 Mode = Literal["crash", "powerloss"]
 SAMPLE = 20

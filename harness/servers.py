@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import redis
 
-from slackq.durability.errors import BackendUnavailable, ServerControlError
+from harness.errors import BackendUnavailable, ServerControlError
 from slackq.embedded import RedisProcess, free_port, server_binary
 
 

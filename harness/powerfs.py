@@ -3,8 +3,8 @@
 Mounted over a backing directory, it passes metadata operations (create, rename, unlink,
 mkdir, ...) straight through, but keeps written data in its own page cache until the file is
 fsynced. `drop_unsynced()` discards that cache: the backing directory then holds exactly what a
-disk would hold after a power cut. Run it as a process (`python -m slackq.durability.powerfs`);
-`slackq.durability.powerloss.PowerLossDisk` starts it and talks to its control socket.
+disk would hold after a power cut. Run it as a process (`python -m harness.powerfs`);
+`harness.powerloss.PowerLossDisk` starts it and talks to its control socket.
 
 Simplifications, all in the direction LazyFS takes: metadata is durable at once (a journaling
 file system commits it within seconds, and Redis fsyncs data and directories around its renames
@@ -388,7 +388,7 @@ def send(control: Path, command: str, timeout: float = 10.0) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m slackq.durability.powerfs")
+    parser = argparse.ArgumentParser(prog="python -m harness.powerfs")
     parser.add_argument("--backing", type=Path, required=True)
     parser.add_argument("--mount", type=Path, required=True)
     parser.add_argument("--control", type=Path, required=True)

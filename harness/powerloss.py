@@ -1,6 +1,6 @@
 """The `powerloss` fault: the server's data directory on a FUSE layer that can forget.
 
-`PowerLossDisk.start()` mounts `slackq.durability.powerfs` (a separate process) over a backing
+`PowerLossDisk.start()` mounts `harness.powerfs` (a separate process) over a backing
 directory; `drop()` (after the server was SIGKILLed) discards every write that was not fsynced;
 `stop()` unmounts. `unavailable_reason()` says why the mode cannot run on this machine, so tests
 and the CLI skip it with that reason instead of failing.
@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slackq.durability.errors import PowerLossUnavailable
-from slackq.durability.powerfs import send
+from harness.errors import PowerLossUnavailable
+from harness.powerfs import send
 
 
 def unavailable_reason() -> str | None:
@@ -68,7 +68,7 @@ class PowerLossDisk:
         env = {**os.environ, "FUSE_LIBRARY_NAME": "fuse3"}
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "slackq.durability.powerfs", "--backing",
+                [sys.executable, "-m", "harness.powerfs", "--backing",
                  str(self.backing), "--mount", str(self.mount), "--control", str(self.control),
                  "--fsync-delay", str(self.fsync_delay)],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 import structlog
 
-from slackq.durability.chaos import Chaos, UnsyncedDropper, kill_schedule
-from slackq.durability.checker import CheckInput, Mode, check
-from slackq.durability.ledger import Ledger, read_ledger
-from slackq.durability.servers import LocalServer, ServerControl, resolve_binary
-from slackq.durability.traffic import (
+from harness.chaos import Chaos, UnsyncedDropper, kill_schedule
+from harness.checker import CheckInput, Mode, check
+from harness.ledger import Ledger, read_ledger
+from harness.servers import LocalServer, ServerControl, resolve_binary
+from harness.traffic import (
     Producers,
     TrafficConfig,
     Workers,
@@ -74,7 +74,7 @@ class Layout:
 
 
 async def run_campaign(config: CampaignConfig) -> dict[str, Any]:
-    """Run one campaign and return its report (see `slackq.durability.report`)."""
+    """Run one campaign and return its report (see `harness.report`)."""
     seed = config.seed if config.seed is not None else secrets.randbelow(2**31)
     root = config.work_dir or Path(tempfile.mkdtemp(prefix="slackq-durability-"))
     layout = Layout(root)
@@ -83,7 +83,7 @@ async def run_campaign(config: CampaignConfig) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack:
         dropper = None
         if config.mode == "powerloss" or config.slow_fsync > 0:
-            from slackq.durability.powerloss import PowerLossDisk
+            from harness.powerloss import PowerLossDisk
 
             disk = PowerLossDisk(backing=layout.disk, mount=layout.data,
                                  control_dir=layout.root, fsync_delay=config.slow_fsync)
@@ -101,7 +101,7 @@ async def run_campaign(config: CampaignConfig) -> dict[str, Any]:
 
 def _server(config: CampaignConfig, layout: Layout) -> ServerControl:
     if config.backend == "docker":
-        from slackq.durability.servers import ContainerServer
+        from harness.servers import ContainerServer
 
         return ContainerServer(command=("redis-server --appendonly "
                                         f"{config.appendonly} --appendfsync {config.appendfsync}"))
