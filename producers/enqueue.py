@@ -28,10 +28,10 @@ from tenacity import (
 
 from producers.batching import AddBatcher
 from producers.jobs import SlackJob
+from producers.metrics import observe_enqueue
 from slackq.connection import producer_client
 from slackq.contract import job_options
 from slackq.errors import RedisUnavailable
-from slackq.metrics import observe_enqueue
 from slackq.settings import Settings
 
 log = structlog.get_logger(__name__)

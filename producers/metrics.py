@@ -1,11 +1,30 @@
-"""Counters of the web process (Prometheus), one registry per app so tests stay independent."""
+"""Metrics of the web process (Prometheus).
+
+`ProducerMetrics` holds the request counters, one registry per app so tests stay independent.
+The enqueue counter and timing live in the default registry (`observe_enqueue`), as the worker's
+metrics do (`worker/metrics.py`); the shared primitives are in `slackq/metrics.py`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from slackq.metrics import FAST_BUCKETS, labelled
+
+JOBS_ENQUEUED = Counter("slackq_jobs_enqueued", "Jobs stored on the queue by the webhook",
+                        ["job_name"])
+ENQUEUE_SECONDS = Histogram("slackq_enqueue_duration_seconds",
+                            "Time the webhook took to store a job in Redis", ["job_name"],
+                            buckets=FAST_BUCKETS)
+
+
+def observe_enqueue(job_name: str, seconds: float) -> None:
+    """The webhook stored a job of `job_name` in `seconds`."""
+    labelled(JOBS_ENQUEUED, job_name).inc()
+    labelled(ENQUEUE_SECONDS, job_name).observe(seconds)
 
 
 @dataclass

@@ -17,8 +17,9 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from producers.health import redis_readiness
 from slackq.connection import bullmq_connection
 from slackq.embedded import RedisProcess
-from slackq.metrics import QueueCountsCollector, attach_worker_listeners, slack_outcome
+from slackq.metrics import QueueCountsCollector
 from tests.waiting import wait_until
+from worker.metrics import attach_worker_listeners, slack_outcome
 
 
 async def test_readiness_is_503_when_redis_is_gone(redis_server: RedisProcess) -> None:

@@ -26,7 +26,7 @@ def main() -> int:
         return 2
     configure_logging(settings.log_format, settings.log_level)
     if settings.worker_processes > 1:
-        from slackq.metrics import serve_supervisor_metrics
+        from worker.metrics import serve_supervisor_metrics
         from worker.supervisor import supervise
 
         serve_supervisor_metrics(settings)  # METRICS_PORT: the sum of all worker processes

@@ -33,13 +33,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 from structlog.typing import FilteringBoundLogger
 
 from slackq.connection import redis_kwargs, require_noeviction
-from slackq.metrics import instrument_worker, record_deferred
 from slackq.models import Envelope, parse_envelope, team_of
 from slackq.settings import Settings
 from worker.context import JobContext, JobSlack
 from worker.effects import EffectLog
 from worker.errors import Deferred, InvalidPayload, PacingLimited, PermanentError
 from worker.limiter import Limiter, Limits
+from worker.metrics import instrument_worker, record_deferred
 from worker.pool import FetchNextWorker, worker_connection
 from worker.registry import HandlerRegistry
 from worker.retry import Backoff, backoff_delay_ms, defer_delay_ms, will_retry

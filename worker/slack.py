@@ -16,13 +16,13 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from slackq.metrics import InstrumentedWebClient
 from worker.errors import (
     SlackPermanentError,
     SlackRateLimited,
     SlackTransientError,
     WorkerError,
 )
+from worker.metrics import InstrumentedWebClient
 from worker.retry import is_permanent_slack_error, retry_after_seconds
 
 # A Slack call that takes longer is abandoned and retried later (the job's lock is renewed while
