@@ -26,38 +26,90 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, frozen=True)
 
-    redis_url: str = DEFAULT_REDIS_URL
-    slack_signing_secret: SecretStr | None = None
-    slack_bot_token: SecretStr | None = None
-    slack_api_url: str = "https://slack.com/api/"
-    port: int = Field(default=3000, ge=1, le=65535)
-    queue_name: str = Field(default="slack-events", min_length=1)
-    queue_prefix: str = Field(default="bull", min_length=1)
-    worker_concurrency: int = Field(default=10, ge=1, le=1000)
-    # Worker processes per dyno under one supervisor (worker/supervisor.py); 1 = no supervisor.
-    worker_processes: int = Field(default_factory=usable_cpus, ge=1, le=64)
-    # Worker fast paths (worker/pool.py): fetch as Node does (the next job with each completion,
-    # fetches in turn); more than 1 command connection per worker process replaces the port's
-    # single connection with a pool, so that the commands of different jobs overlap.
-    worker_fetch_next: bool = True
-    worker_redis_connections: int = Field(default=4, ge=1, le=64)
-    log_format: Literal["json", "console"] = "json"
-    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
-    # The worker serves Prometheus metrics on this port when set (docker-compose uses 9100).
-    metrics_port: int | None = Field(default=None, ge=1, le=65535)
-    # The immediate reply to a stored slash command: empty (nothing shown) or ephemeral text.
-    command_ack_text: str = Field(default="", validation_alias="SLACKQ_COMMAND_ACK_TEXT")
-    # Development only: let the worker start on a Redis whose maxmemory-policy may evict jobs.
-    allow_eviction: bool = Field(default=False, validation_alias="SLACKQ_ALLOW_EVICTION")
-    # Worker runtime (worker/runner.py explains the defaults; README "Retries, rate limits and
-    # shutdown").
-    worker_grace_seconds: float = Field(default=25.0, ge=0, le=3600)
-    worker_lock_duration_ms: int = Field(default=20_000, ge=100)
-    worker_stalled_interval_ms: int = Field(default=5_000, ge=100)
-    worker_run_retry_delay_ms: int = Field(default=1_000, ge=10)
-    # Outbound Slack pacing, calls per second; 0 turns a limit off.
-    worker_rate_per_channel: float = Field(default=1.0, ge=0)
-    worker_rate_per_team: float = Field(default=10.0, ge=0)
+    redis_url: str = Field(
+        default=DEFAULT_REDIS_URL,
+        description="The Redis that holds the queue: `redis://`, `rediss://` (TLS) or `unix://`, "
+                    "with user and password when it needs them. `python3 dev.py run` starts an "
+                    "embedded Redis when this is not set.")
+    slack_signing_secret: SecretStr | None = Field(
+        default=None,
+        description="Your Slack app's signing secret: the web process verifies every request "
+                    "with it. Required by the web process.")
+    slack_bot_token: SecretStr | None = Field(
+        default=None,
+        description="The bot token (`xoxb-…`) the worker calls the Slack Web API with. "
+                    "Required by the worker.")
+    slack_api_url: str = Field(
+        default="https://slack.com/api/",
+        description="Base URL of the Slack Web API. Point it at a local stand-in to run "
+                    "without a Slack workspace.")
+    port: int = Field(default=3000, ge=1, le=65535,
+                      description="The port the web process listens on (Heroku and Railway "
+                                  "set it).")
+    queue_name: str = Field(default="slack-events", min_length=1,
+                            description="The BullMQ queue the jobs go to; Node BullMQ services "
+                                        "sharing the queue use the same name. No `:`.")
+    queue_prefix: str = Field(default="bull", min_length=1,
+                              description="BullMQ's key prefix: every key of the queue is "
+                                          "`<prefix>:<queue>:…`. No `:`.")
+    worker_concurrency: int = Field(default=10, ge=1, le=1000,
+                                    description="Jobs in flight at once in each worker process.")
+    worker_processes: int = Field(
+        default_factory=usable_cpus, ge=1, le=64,
+        description="Worker processes per worker dyno, under one supervisor that forwards "
+                    "signals and restarts a process that dies. `1` runs no supervisor and spends "
+                    "less CPU on a quiet queue.")
+    worker_fetch_next: bool = Field(
+        default=True,
+        description="Fetch jobs as Node BullMQ does: each completion also fetches the next job, "
+                    "and fetches take turns. Off runs the BullMQ port's own fetch loop.")
+    worker_redis_connections: int = Field(
+        default=4, ge=1, le=64,
+        description="BullMQ command connections per worker process, a pool shared by its jobs "
+                    "(plus one for the blocking wait). `1` keeps the port's single connection.")
+    log_format: Literal["json", "console"] = Field(
+        default="json",
+        description="`json` (one JSON object per line) or `console` (readable lines).")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        default="info",
+        description="The lowest level logged. `warning` drops the `job_completed` line each "
+                    "job writes.")
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="When set, the worker dyno serves Prometheus metrics of all its processes "
+                    "on this port (docker-compose sets 9100).")
+    command_ack_text: str = Field(
+        default="", validation_alias="SLACKQ_COMMAND_ACK_TEXT",
+        description="The immediate reply to a stored slash command, shown only to the user who "
+                    "ran it. Empty: Slack shows nothing.")
+    allow_eviction: bool = Field(
+        default=False, validation_alias="SLACKQ_ALLOW_EVICTION",
+        description="Development only: let the worker start on a Redis whose "
+                    "`maxmemory-policy` is not `noeviction`, where an evicted job is a lost "
+                    "event.")
+    # worker/runner.py explains why these defaults differ from BullMQ's.
+    worker_grace_seconds: float = Field(
+        default=25.0, ge=0, le=3600,
+        description="How long a worker waits for in-flight jobs after SIGTERM/SIGINT before it "
+                    "force-closes; keep it under the platform's limit (Heroku: 30 s).")
+    worker_lock_duration_ms: int = Field(
+        default=20_000, ge=100,
+        description="BullMQ's job lock: a crashed worker's job is run again by another worker "
+                    "once its lock has expired.")
+    worker_stalled_interval_ms: int = Field(
+        default=5_000, ge=100,
+        description="How often each worker looks for stalled jobs (locks that expired).")
+    worker_run_retry_delay_ms: int = Field(
+        default=1_000, ge=10,
+        description="The pause between fetch attempts while Redis is unreachable.")
+    worker_rate_per_channel: float = Field(
+        default=1.0, ge=0,
+        description="Outbound Slack calls per second per channel, across all worker processes. "
+                    "`0` turns the limit off.")
+    worker_rate_per_team: float = Field(
+        default=10.0, ge=0,
+        description="Outbound Slack calls per second per team (workspace), with one second's "
+                    "burst, across all worker processes. `0` turns the limit off.")
 
     @field_validator("redis_url")
     @classmethod

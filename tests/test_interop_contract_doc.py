@@ -5,18 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from pydantic import SecretStr
 from starlette.routing import Route
 
+from docgen.__main__ import DOCS_DIR, generated_files, main
+from docgen.contract import default_settings, job_kinds
 from producers.app import create_app
 from slackq.contract import job_options
-from slackq.contract_doc import (
-    DOCS_DIR,
-    default_settings,
-    generated_files,
-    job_kinds,
-    main,
-)
 from slackq.models import AppMentionEvent, EventCallback, InteractionPayload, SlashCommand
 from tests.slack_requests import SIGNING_SECRET, app_mention_envelope
 from tests.webhook_client import (
@@ -28,17 +24,18 @@ from tests.webhook_client import (
 from worker.handlers import default_registry
 
 
-def test_committed_contract_is_what_the_code_generates() -> None:
-    assert main(["--check"]) == 0, "run: python -m slackq.contract_doc"
+def test_committed_docs_are_what_the_code_generates() -> None:
+    assert main(["--check"]) == 0, "run: python -m docgen"
 
 
-def test_check_detects_a_stale_contract(tmp_path: Path) -> None:
+def test_check_detects_a_stale_contract(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--docs-dir", str(tmp_path)]) == 0
     assert main(["--check", "--docs-dir", str(tmp_path)]) == 0
     contract = tmp_path / "job-contract.md"
     original = contract.read_text()
     contract.write_text(original.replace('"attempts": 5', '"attempts": 3'))
     assert main(["--check", "--docs-dir", str(tmp_path)]) == 1
+    assert f"{contract} is out of date" in capsys.readouterr().err
     contract.write_text(original)
     leftover = tmp_path / "schemas" / "Gone.schema.json"
     leftover.write_text("{}")

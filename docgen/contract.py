@@ -1,18 +1,13 @@
-"""Generate docs/job-contract.md, the job contract the TypeScript services rely on.
-
-    python -m slackq.contract_doc            write docs/job-contract.md and docs/schemas/*.json
-    python -m slackq.contract_doc --check    exit 1 if a file is not what the code generates
+"""The job contract the TypeScript services rely on: docs/job-contract.md and docs/schemas/.
 
 Everything in the document comes from the code: queue defaults from `Settings`, options from
 `slackq.contract.job_options`, handled names from the worker's default registry, data schemas from
-pydantic models in `slackq.models`. A test keeps the committed files equal to the generated ones.
+pydantic models in `slackq.models`. `python -m docgen` writes it; a test runs `--check`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -20,11 +15,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from producers import commands, interactivity
 from slackq import contract
 from slackq.models import EventCallback, InteractionPayload, SlashCommand
 from slackq.settings import Settings
+from worker.handlers import default_registry
 
-DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
 TEMPLATE_PATH = Path(__file__).resolve().parent / "job_contract.md.tmpl"
 NODE_BULLMQ = "6.7.0"
 
@@ -42,9 +38,6 @@ class JobKind:
 
 def job_kinds() -> tuple[JobKind, ...]:
     """Every job name the producers make, with the names and id prefixes they really use."""
-    # Imported here: producers depend on slackq, not the other way round.
-    from producers import commands, interactivity
-
     ignored = '`{"ignored": true, "reason": "no handler for <name>"}` unless a handler is added'
     return (
         JobKind(
@@ -109,9 +102,6 @@ def _js(value: Any) -> str:
 
 
 def _handled_names() -> list[str]:
-    # Imported here: the worker package depends on slackq, not the other way round.
-    from worker.handlers import default_registry
-
     return default_registry().names()
 
 
@@ -142,7 +132,7 @@ def _schemas() -> str:
     return "\n\n".join(sections)
 
 
-def generated_files(docs_dir: Path = DOCS_DIR) -> dict[Path, str]:
+def generated_files(docs_dir: Path) -> dict[Path, str]:
     """Every generated file and its content: the contract and one JSON Schema per data model."""
     files = {docs_dir / "job-contract.md": render()}
     for model in _data_models():
@@ -181,28 +171,6 @@ def render(settings: Settings | None = None) -> str:
     ).rstrip() + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m slackq.contract_doc", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="fail if a file is out of date")
-    parser.add_argument("--docs-dir", type=Path, default=DOCS_DIR)
-    args = parser.parse_args(argv)
-    files = generated_files(args.docs_dir)
-    # A schema file whose model is gone from the contract must go too.
-    leftovers = sorted(set((args.docs_dir / "schemas").glob("*.schema.json")) - set(files))
-    if args.check:
-        stale = [path for path, text in files.items()
-                 if not path.exists() or path.read_text() != text]
-        for path in stale + leftovers:
-            print(f"{path} is out of date: run python -m slackq.contract_doc", file=sys.stderr)
-        return 1 if stale or leftovers else 0
-    for path, text in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    for path in leftovers:
-        path.unlink()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def leftover_files(docs_dir: Path, generated: dict[Path, str]) -> list[Path]:
+    """Schema files whose model is gone from the contract: they must go too."""
+    return sorted(set((docs_dir / "schemas").glob("*.schema.json")) - set(generated))
