@@ -1,6 +1,8 @@
 """structlog set-up: JSON in production, readable lines in a terminal.
 
 All global logging state is changed here, through `structlog.configure()`, once per process.
+With no `LOG_FORMAT` the format follows stderr: readable lines on a terminal, JSON lines
+otherwise (a platform's log collector, a pipe, a file).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -44,8 +46,20 @@ def _redact_processor(
     return event_dict
 
 
-def configure_logging(log_format: str = "json", log_level: str = "info") -> None:
-    """Configure structlog and route stdlib logging (uvicorn, bullmq) through the same renderer."""
+def resolve_log_format(log_format: str | None, stream: TextIO | None = None) -> str:
+    """`json` or `console`: the one asked for, else `console` only when `stream` is a terminal."""
+    if log_format is not None:
+        return log_format
+    stream = sys.stderr if stream is None else stream
+    return "console" if stream.isatty() else "json"
+
+
+def configure_logging(log_format: str | None = None, log_level: str = "info") -> None:
+    """Configure structlog and route stdlib logging (uvicorn, bullmq) through the same renderer.
+
+    `log_format` None picks the format from stderr (see `resolve_log_format`).
+    """
+    log_format = resolve_log_format(log_format)
     level = logging.getLevelName(log_level.upper())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,

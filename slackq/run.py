@@ -15,6 +15,7 @@ from honcho.manager import Manager
 
 from slackq.embedded import PROJECT_ROOT, RedisProcess
 from slackq.errors import ConfigError
+from slackq.logging import resolve_log_format
 from slackq.settings import load_settings
 
 EMBEDDED_PORT = 6390
@@ -38,7 +39,9 @@ def main() -> int:
         env["REDIS_URL"] = server.url
         print(f"slackq run: embedded Redis ({server.binary}) at {server.url}, "
               f"data in {EMBEDDED_DIR}", flush=True)
-    env.setdefault("LOG_FORMAT", "console" if sys.stdout.isatty() else "json")
+    # honcho pipes each process's output and prints it on our stdout: the processes cannot see
+    # the terminal themselves, so the format follows where their lines end up.
+    env.setdefault("LOG_FORMAT", resolve_log_format(None, sys.stdout))
     env.setdefault("PORT", "3000")
     procfile = parse_procfile((PROJECT_ROOT / "Procfile").read_text())
     manager = Manager()

@@ -67,9 +67,10 @@ class Settings(BaseSettings):
         default=4, ge=1, le=64,
         description="BullMQ command connections per worker process, a pool shared by its jobs "
                     "(plus one for the blocking wait). `1` keeps the port's single connection.")
-    log_format: Literal["json", "console"] = Field(
-        default="json",
-        description="`json` (one JSON object per line) or `console` (readable lines).")
+    log_format: Literal["json", "console"] | None = Field(
+        default=None,
+        description="`json` (one JSON object per line) or `console` (readable lines). Not set: "
+                    "`console` when stderr is a terminal, `json` otherwise.")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         default="info",
         description="The lowest level logged. `warning` drops the `job_completed` line each "

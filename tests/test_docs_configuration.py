@@ -45,7 +45,7 @@ def test_rows_show_aliases_bounds_and_computed_defaults() -> None:
     assert rows["SLACKQ_COMMAND_ACK_TEXT"] == ["string", "empty"]
     assert rows["WORKER_GRACE_SECONDS"][1] == "`25`"
     assert rows["WORKER_PROCESSES"][1].startswith("computed: CPUs this process may run on")
-    assert rows["LOG_FORMAT"] == ["`json` \\| `console`", "`json`"]
+    assert rows["LOG_FORMAT"] == ["`json` \\| `console`", "not set"]
 
 
 def test_a_new_field_appears_without_touching_the_generator(

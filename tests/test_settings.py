@@ -21,8 +21,9 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.slack_api_url == "https://slack.com/api/"
     assert (settings.port, settings.queue_name, settings.queue_prefix) == (
         3000, "slack-events", "bull")
+    # LOG_FORMAT unset is "auto": slackq.logging picks console on a terminal, JSON otherwise.
     assert (settings.worker_concurrency, settings.log_format, settings.log_level) == (
-        10, "json", "info")
+        10, None, "info")
 
 
 def test_missing_secret_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
