@@ -107,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"sample-event: no answer from {shown_url(args.url)}: {exc}", file=sys.stderr)
         return 2
-    print(f"POST {shown_url(args.url)} event_id={envelope['event_id']} -> {status} "
-          f"{_printable(body)}")
+    answer = f"{status} {_printable(body)}".rstrip()
+    print(f"POST {shown_url(args.url)} event_id={envelope['event_id']} -> {answer}")
     return 0 if status == 200 else 1
 
 
