@@ -1,5 +1,5 @@
-"""The least-privilege ACL user of docs/acl.md: web, worker (with a retry) and `slackq status` run
-under it with no denial in Redis's ACL LOG, and it can do nothing outside BullMQ's needs."""
+"""The least-privilege ACL user of docs/security.md: web, worker (with a retry) and `slackq status`
+run under it with no denial in Redis's ACL LOG, and it can do nothing outside BullMQ's needs."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ USER_PASSWORD = "acl-user-password-3b8e"
 
 
 def acl_rule() -> list[str]:
-    """The rule documented in docs/acl.md (the fenced `acl` block), as ACL SETUSER arguments."""
-    text = (PROJECT_ROOT / "docs" / "acl.md").read_text()
+    """The rule in docs/security.md (the fenced `acl` block), as ACL SETUSER arguments."""
+    text = (PROJECT_ROOT / "docs" / "security.md").read_text()
     [block] = re.findall(r"```acl\n(.*?)```", text, re.S)
     return [f">{USER_PASSWORD}" if token == ">PASSWORD" else token for token in block.split()]
 
@@ -44,7 +44,7 @@ def acl_redis(tmp_path: Path) -> Iterator[tuple[RedisProcess, redis.Redis]]:
     try:
         rule = acl_rule()
         if admin.info("server")["redis_version"] >= "7.2":
-            rule.append("+client|setinfo")  # docs/acl.md: 7.2+ only
+            rule.append("+client|setinfo")  # docs/security.md: 7.2+ only
         assert admin.execute_command("ACL", "SETUSER", "slackq", *rule) in ("OK", True)
         admin.execute_command("ACL", "LOG", "RESET")
         yield server, admin
