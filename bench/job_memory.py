@@ -1,4 +1,4 @@
-"""Redis memory per queued Slack job, for sizing (README, "Redis sizing").
+"""Redis memory per queued Slack job, for sizing (docs/operating.md, "Redis sizing").
 
     .venv/bin/python -m bench.job_memory [JOBS]
 

@@ -68,7 +68,7 @@ async def cmd_status(ops: Ops, args: argparse.Namespace) -> int:
         # Named connections: the port's Worker holds two (blocking + commands); a slackq worker
         # process up to WORKER_REDIS_CONNECTIONS + 1 (its pool, named as connections open).
         workers: int | None = len(await ops.queue.get_workers())
-    except RedisError:  # CLIENT LIST denied (e.g. a stricter ACL than docs/acl.md)
+    except RedisError:  # CLIENT LIST denied (e.g. a stricter ACL than docs/security.md)
         workers = None
     facts = await gather_facts(ops.client, ops.settings.redis_url)
     memory = (f"{_mb(facts.used_memory)} of {_mb(facts.maxmemory)} "

@@ -119,7 +119,7 @@ def evaluate(facts: RedisFacts) -> list[Check]:
         _check(facts.auth_required, "authentication",
                "clients without credentials are refused" if facts.auth_required
                else "anyone who reaches the port can read and delete jobs",
-               "set --requirepass from the environment, or an ACL user (docs/acl.md)"),
+               "set --requirepass from the environment, or an ACL user (docs/security.md)"),
         _check(_version_tuple(facts.version) >= MIN_VERSION, "version",
                f"Redis {facts.version}",
                "BullMQ recommends 6.2 or later"),

@@ -48,7 +48,7 @@ def run_process(settings: Settings, registry: HandlerRegistry) -> int:
     try:
         asyncio.run(check_credentials(settings.redis_url))  # wrong password/TLS: one line, exit 2
         # uvloop, as uvicorn uses for the web process: ~5-10% less CPU per job at a trickle
-        # (README "Performance"), where each job costs four Redis round trips.
+        # (bench/README.md), where each job costs four Redis round trips.
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(run_worker(settings, registry, options))
     except RedisMisconfigured as exc:

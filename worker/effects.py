@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from worker.errors import RedisTransientError
 
-# Set with PEXPIRE (granted by the least-privilege ACL in docs/acl.md, like EXPIRE).
+# Set with PEXPIRE (granted by the least-privilege ACL in docs/security.md, like EXPIRE).
 EFFECT_TTL_MS = 86_400_000
 # Only what a re-run may need from a Slack answer; never message bodies.
 KEPT_FIELDS = ("channel", "ts", "thread_ts", "id", "scheduled_message_id")

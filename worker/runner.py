@@ -52,7 +52,7 @@ log = structlog.get_logger(__name__)
 class WorkerOptions:
     """Tuning that tests and operators may change; defaults suit a Heroku worker dyno.
 
-    README "Retries, rate limits and shutdown" explains each default.
+    docs/worker.md ("Timings, and why") explains each default.
     """
 
     grace_seconds: float = 25.0
