@@ -51,7 +51,8 @@ class PowerLossDisk:
     mount: Path
     control_dir: Path
     mount_timeout: float = 15.0
-    # Seconds added to every fsync: a slow disk (Redis then postpones AOF writes, see README).
+    # Seconds added to every fsync: a slow disk (Redis then postpones AOF writes, see
+    # docs/durability.md).
     fsync_delay: float = 0.0
 
     def __post_init__(self) -> None:

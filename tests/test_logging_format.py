@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness.slack_standin import FakeSlack
 from slackq.embedded import PROJECT_ROOT, RedisProcess, free_port
-from tests.fake_slack import FakeSlack
 from tests.processes import process_env
 from tests.slack_requests import BOT_TOKEN, SIGNING_SECRET
 

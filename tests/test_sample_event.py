@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from harness.slack_standin import FakeSlack
 from slackq.embedded import RedisProcess, free_port
-from tests.fake_slack import FakeSlack
 from tests.processes import Proc, process_env, wait_http_ok
 from tests.slack_requests import BOT_TOKEN, SIGNING_SECRET
 
