@@ -14,6 +14,7 @@ from typing import Any
 
 from slackq.contract import job_options
 from slackq.embedded import PROJECT_ROOT, RedisProcess
+from slackq.settings import Settings
 
 BENCH_DIR = PROJECT_ROOT / "bench"
 NODE_DIR = BENCH_DIR / "node"
@@ -44,7 +45,7 @@ def job_id(tag: str, index: int) -> str:
 
 def options(event_id: str) -> dict[str, Any]:
     """The options the webhook uses (slackq.contract): id, attempts, backoff, removal, dedupe."""
-    return job_options(event_id)
+    return job_options(event_id, Settings())
 
 
 def median(values: Sequence[float]) -> float:

@@ -18,8 +18,9 @@ import redis
 from bullmq import Queue
 
 from slackq.connection import bullmq_connection
-from slackq.contract import job_options
+from slackq.contract import JobOptions
 from slackq.embedded import RedisProcess
+from slackq.settings import Settings
 from tests.slack_requests import app_mention_envelope
 
 
@@ -28,11 +29,12 @@ async def measure(jobs: int) -> None:
     server.start()
     queue = Queue("slack-events", {"connection": bullmq_connection(server.url)})
     client = redis.Redis(port=server.port)
+    options = JobOptions.from_settings(Settings())
     try:
         before = int(client.info("memory")["used_memory"])
         for index in range(jobs):
             job_id = f"Ev{index:08d}B"
-            await queue.add("app_mention", app_mention_envelope(job_id), job_options(job_id))
+            await queue.add("app_mention", app_mention_envelope(job_id), options.for_job(job_id))
         added = int(client.info("memory")["used_memory"]) - before
         print(f"{jobs} waiting jobs: {added / jobs:.0f} bytes each (job hash, dedup key, "
               f"event stream entry, wait list)")

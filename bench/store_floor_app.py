@@ -32,14 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bullmq import Queue
 
-from slackq.contract import job_options
+from slackq.contract import JobOptions
 from slackq.pool import lean_client
+from slackq.settings import Settings
 
 SECRET = os.environ["SLACK_SIGNING_SECRET"].encode()
 KEY = "floor:events"
 STORE = os.environ.get("FLOOR_STORE", "bullmq")
 client = lean_client(os.environ["REDIS_URL"], 8, decode_responses=True)
 queue = Queue("slack-events", {"connection": client})
+JOBS = JobOptions.from_settings(Settings())
 
 Receive = Any
 Send = Any
@@ -60,7 +62,7 @@ async def store(body: bytes) -> None:
         return
     envelope = json.loads(body)
     event_id = envelope["event_id"]
-    await queue.add(envelope["event"]["type"], envelope, job_options(event_id))
+    await queue.add(envelope["event"]["type"], envelope, JOBS.for_job(event_id))
 
 
 async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:

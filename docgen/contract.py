@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from producers import commands, interactivity
 from slackq import contract
 from slackq.models import EventCallback, InteractionPayload, SlashCommand
+from slackq.retry_policy import RetryPolicy
 from slackq.settings import Settings
 from worker.handlers import default_registry
 
@@ -149,8 +150,8 @@ def default_settings() -> Settings:
 def render(settings: Settings | None = None) -> str:
     """The whole document as markdown."""
     settings = settings or default_settings()
-    options = contract.job_options(_JOB_ID_PLACEHOLDER)
-    delays = (round(2 ** (n - 1) * contract.BACKOFF_DELAY_MS) for n in range(1, contract.ATTEMPTS))
+    options = contract.job_options(_JOB_ID_PLACEHOLDER, settings)
+    delays = RetryPolicy.from_settings(settings).longest_delays_ms()
     template = Template(TEMPLATE_PATH.read_text())
     return template.substitute(
         node_bullmq=NODE_BULLMQ,
@@ -160,13 +161,13 @@ def render(settings: Settings | None = None) -> str:
         handled=", ".join(f"`{name}`" for name in _handled_names()),
         options_json=_json(options),
         options_ts="\n".join(f"  {key}: {_js(value)}," for key, value in options.items()),
-        attempts=contract.ATTEMPTS,
-        backoff_delay=contract.BACKOFF_DELAY_MS,
-        backoff_jitter=contract.BACKOFF_JITTER,
+        attempts=settings.job_attempts,
+        backoff_delay=settings.job_backoff_delay_ms,
+        backoff_jitter=settings.job_backoff_jitter,
         backoff_series=", ".join(str(delay) for delay in delays),
-        remove_on_complete=_json_inline(contract.REMOVE_ON_COMPLETE),
-        remove_on_fail=_json_inline(contract.REMOVE_ON_FAIL),
-        dedup_ttl=contract.DEDUPLICATION_TTL_MS,
+        remove_on_complete=_json_inline(options["removeOnComplete"]),
+        remove_on_fail=_json_inline(options["removeOnFail"]),
+        dedup_ttl=settings.job_deduplication_ttl_ms,
         schemas=_schemas(),
     ).rstrip() + "\n"
 

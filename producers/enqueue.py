@@ -30,7 +30,7 @@ from producers.batching import AddBatcher
 from producers.jobs import SlackJob
 from producers.metrics import observe_enqueue
 from slackq.connection import producer_client
-from slackq.contract import job_options
+from slackq.contract import JobOptions
 from slackq.errors import RedisUnavailable
 from slackq.settings import Settings
 
@@ -83,6 +83,7 @@ class Enqueuer:
             {"connection": self._client, "prefix": settings.queue_prefix},
         )
         self._batcher = AddBatcher(self.queue)
+        self.job_options = JobOptions.from_settings(settings)
 
     async def add(self, job: SlackJob) -> str:
         """Store `job`; return the stored job's id. Raise RedisUnavailable if not stored in time.
@@ -90,7 +91,7 @@ class Enqueuer:
         A job whose id is already stored returns that id and stores nothing new.
         """
         started = time.monotonic()
-        options = job_options(job.job_id)
+        options = self.job_options.for_job(job.job_id)
         try:
             async with asyncio.timeout(self.policy.budget_seconds):
                 try:  # the common case, without tenacity's per-call set-up (~100 us a request)

@@ -11,16 +11,11 @@ See docs/job-contract.md for the full, generated contract.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-ATTEMPTS = 5
-BACKOFF_DELAY_MS = 1_000
-# Node BullMQ applies `jitter` itself; slackq workers apply the same formula (worker/retry.py).
-BACKOFF_JITTER = 0.5
-# Slack redelivers a failed event up to ~6 minutes later; dedupe for an hour, past job removal.
-DEDUPLICATION_TTL_MS = 3_600_000
-REMOVE_ON_COMPLETE = {"age": 3600, "count": 1000}
-REMOVE_ON_FAIL = {"age": 86400}
+from slackq.retry_policy import RetryPolicy
+from slackq.settings import Settings
 
 
 class InvalidJobId(ValueError):
@@ -43,14 +38,39 @@ def validate_job_id(job_id: str) -> str:
     return job_id
 
 
-def job_options(job_id: str) -> dict[str, Any]:
-    """BullMQ options for one Slack job (the same keys Node's `JobsOptions` uses)."""
-    validate_job_id(job_id)
-    return {
-        "jobId": job_id,
-        "attempts": ATTEMPTS,
-        "backoff": {"type": "exponential", "delay": BACKOFF_DELAY_MS, "jitter": BACKOFF_JITTER},
-        "removeOnComplete": dict(REMOVE_ON_COMPLETE),
-        "removeOnFail": dict(REMOVE_ON_FAIL),
-        "deduplication": {"id": job_id, "ttl": DEDUPLICATION_TTL_MS},
-    }
+@dataclass(frozen=True)
+class JobOptions:
+    """The options every job of this deployment carries, from the settings (`JOB_*`)."""
+
+    retry: RetryPolicy
+    keep_completed_seconds: int
+    keep_completed_count: int
+    keep_failed_seconds: int
+    deduplication_ttl_ms: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobOptions:
+        return cls(
+            retry=RetryPolicy.from_settings(settings),
+            keep_completed_seconds=settings.job_keep_completed_seconds,
+            keep_completed_count=settings.job_keep_completed_count,
+            keep_failed_seconds=settings.job_keep_failed_seconds,
+            deduplication_ttl_ms=settings.job_deduplication_ttl_ms,
+        )
+
+    def for_job(self, job_id: str) -> dict[str, Any]:
+        """BullMQ options for one Slack job (the same keys Node's `JobsOptions` uses)."""
+        validate_job_id(job_id)
+        return {
+            "jobId": job_id,
+            **self.retry.to_opts(),
+            "removeOnComplete": {"age": self.keep_completed_seconds,
+                                 "count": self.keep_completed_count},
+            "removeOnFail": {"age": self.keep_failed_seconds},
+            "deduplication": {"id": job_id, "ttl": self.deduplication_ttl_ms},
+        }
+
+
+def job_options(job_id: str, settings: Settings) -> dict[str, Any]:
+    """BullMQ options for one Slack job under `settings` (`JobOptions.for_job`)."""
+    return JobOptions.from_settings(settings).for_job(job_id)

@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     worker_stalled_interval_ms: int = Field(
         default=5_000, ge=100,
         description="How often each worker looks for stalled jobs (locks that expired).")
+    worker_max_stalled_count: int = Field(
+        default=1, ge=0, le=1000,
+        description="How many times a job may be found stalled (its worker lost the job's lock) "
+                    "and put back to wait before it fails instead.")
     worker_run_retry_delay_ms: int = Field(
         default=1_000, ge=10,
         description="The pause between fetch attempts while Redis is unreachable.")
@@ -111,6 +115,35 @@ class Settings(BaseSettings):
         default=10.0, ge=0,
         description="Outbound Slack calls per second per team (workspace), with one second's "
                     "burst, across all worker processes. `0` turns the limit off.")
+    # Options of every job this deployment enqueues (slackq/contract.py). A job enqueued by
+    # another producer (a Node service) carries its own; the worker follows the job's.
+    job_attempts: int = Field(
+        default=5, ge=1, le=1000,
+        description="How many times a job runs at most, retries included (BullMQ `attempts`).")
+    job_backoff_delay_ms: int = Field(
+        default=1_000, ge=0,
+        description="Wait before the first retry; it doubles for each later retry "
+                    "(BullMQ `backoff.delay`, type `exponential`).")
+    job_backoff_jitter: float = Field(
+        default=0.5, ge=0, le=1,
+        description="Fraction of each retry's wait that is random, so that jobs failing together "
+                    "do not retry together (BullMQ `backoff.jitter`).")
+    job_keep_completed_seconds: int = Field(
+        default=3_600, ge=1,
+        description="How long a completed job stays in Redis (BullMQ `removeOnComplete.age`).")
+    job_keep_completed_count: int = Field(
+        default=1_000, ge=0,
+        description="At most this many completed jobs stay in Redis "
+                    "(BullMQ `removeOnComplete.count`).")
+    job_keep_failed_seconds: int = Field(
+        default=86_400, ge=1,
+        description="How long a failed job stays in Redis for inspection, with its error "
+                    "(BullMQ `removeOnFail.age`).")
+    job_deduplication_ttl_ms: int = Field(
+        default=3_600_000, ge=1,
+        description="How long a Slack delivery's id is remembered, even after its job is gone, so "
+                    "that a redelivery (Slack retries for ~6 minutes) adds nothing "
+                    "(BullMQ `deduplication.ttl`).")
 
     @field_validator("redis_url")
     @classmethod

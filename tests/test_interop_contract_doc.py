@@ -46,7 +46,7 @@ def test_check_detects_a_stale_contract(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_contract_shows_the_options_every_job_carries() -> None:
     text = generated_files()[DOCS_DIR / "job-contract.md"]
-    options = job_options("<job id>")
+    options = job_options("<job id>", default_settings())
     assert f"```json\n{json.dumps(options, indent=2)}\n```" in text
 
 

@@ -173,4 +173,4 @@ def _request(kind: str, slack_id: str) -> tuple[str, Callable[[Any], Awaitable[A
 def test_job_options_refuse_ids_node_would_refuse() -> None:
     for job_id in ("42", "-1", "a:b", ""):
         with pytest.raises(InvalidJobId):
-            job_options(job_id)
+            job_options(job_id, Settings.model_construct())

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -111,7 +111,8 @@ async def slackq_worker(settings: Settings) -> AsyncIterator[None]:
     stop = asyncio.Event()
     # Pacing off: a paced job goes to `delayed` without an attempt, and `drive_retries` reads
     # every delay as a retry (pacing has its own tests, tests/test_worker_pacing.py).
-    options = WorkerOptions(grace_seconds=5.0, limits=Limits(per_channel=0, per_team=0))
+    options = replace(WorkerOptions.from_settings(settings), grace_seconds=5.0,
+                      limits=Limits(per_channel=0, per_team=0))
     task = asyncio.create_task(run_worker(settings, default_registry(), options, stop))
     try:
         yield
@@ -179,7 +180,7 @@ async def test_node_worker_sees_the_webhooks_jobs_as_slackq_enqueued_them(
     seen = {m["id"]: m for m in messages if m["event"] == "process"}
     assert sorted(seen) == sorted(request.job_id for request in requests)
     for request in requests:
-        job, expected = seen[request.job_id], job_options(request.job_id)
+        job, expected = seen[request.job_id], job_options(request.job_id, settings)
         assert (job["name"], job["data"], job["attemptsMade"]) == (request.name, request.data, 0)
         for option in ("attempts", "backoff", "removeOnComplete", "removeOnFail",
                        "deduplication"):
@@ -196,7 +197,8 @@ async def test_slackq_worker_replies_to_a_job_node_enqueued_in_the_documented_sh
     settings: Settings, aredis: aioredis.Redis, fake_slack: FakeSlack
 ) -> None:
     envelope = app_mention_envelope("Ev0INTEROP02", thread_ts="1700000000.000042")
-    jobs = [{"name": "app_mention", "data": envelope, "opts": job_options("Ev0INTEROP02")}]
+    opts = job_options("Ev0INTEROP02", settings)
+    jobs = [{"name": "app_mention", "data": envelope, "opts": opts}]
     async with node_script("producer", config(settings, jobs=jobs)) as node:
         messages = await node.finish()
     assert [m["id"] for m in messages if m["event"] == "added"] == ["Ev0INTEROP02"]
@@ -215,7 +217,7 @@ async def test_slackq_worker_replies_to_a_job_node_enqueued_in_the_documented_sh
 async def test_node_worker_failing_a_slackq_job_retries_with_slackq_backoff(
     settings: Settings, aredis: aioredis.Redis, bull_queue: Queue
 ) -> None:
-    opts = job_options("Ev0INTEROP03")
+    opts = job_options("Ev0INTEROP03", settings)
     worker_config = config(settings, mode="fail", failMessage="node says no", limit=1)
     async with node_script("worker", worker_config) as node:
         async with webhook(settings) as client:
@@ -232,7 +234,7 @@ async def test_node_worker_failing_a_slackq_job_retries_with_slackq_backoff(
 async def test_slackq_worker_failing_a_node_job_retries_with_its_backoff(
     settings: Settings, aredis: aioredis.Redis, bull_queue: Queue, fake_slack: FakeSlack
 ) -> None:
-    opts = job_options("Ev0INTEROP04")
+    opts = job_options("Ev0INTEROP04", settings)
     fake_slack.script("chat.postMessage", *[server_error(500) for _ in range(opts["attempts"])])
     jobs = [{"name": "app_mention", "data": app_mention_envelope("Ev0INTEROP04"), "opts": opts}]
     async with node_script("producer", config(settings, jobs=jobs)) as node:
@@ -303,7 +305,7 @@ async def test_failed_jobs_are_kept_24_hours_and_no_longer(
         # A permanent Slack error: slackq's worker fails the job at once (UnrecoverableError).
         fake_slack.script("chat.postMessage", slack_error("channel_not_found"))
         jobs = [{"name": "app_mention", "data": app_mention_envelope("Ev0AGENOW"),
-                 "opts": job_options("Ev0AGENOW")}]
+                 "opts": job_options("Ev0AGENOW", settings)}]
         async with node_script("producer", config(settings, jobs=jobs)) as node:
             await node.finish()
         async with slackq_worker(settings):
@@ -328,7 +330,7 @@ async def test_redeliveries_are_deduplicated_across_implementations(
     def redelivered(envelope: dict[str, Any]) -> dict[str, Any]:
         return {**envelope, "event": {**envelope["event"], "text": "redelivered"}}
 
-    jobs = [{"name": "app_mention", "data": data, "opts": job_options(data["event_id"])}
+    jobs = [{"name": "app_mention", "data": data, "opts": job_options(data["event_id"], settings)}
             for data in (redelivered(via_slackq), via_node)]
     async with webhook(settings) as client:
         await post_event(client, via_slackq)
@@ -377,7 +379,7 @@ async def test_a_job_slackq_deferred_on_a_429_is_an_ordinary_delayed_job_for_nod
     """slackq's 429 deferral (moveToDelayed, no attempt burned) hands Node a normal job."""
     fake_slack.script("chat.postMessage", rate_limited(1))
     jobs = [{"name": "app_mention", "data": app_mention_envelope("Ev0DEFER01"),
-             "opts": job_options("Ev0DEFER01")}]
+             "opts": job_options("Ev0DEFER01", settings)}]
     async with node_script("producer", config(settings, jobs=jobs)) as node:
         await node.finish()
 

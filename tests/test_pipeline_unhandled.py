@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 
 import redis
 import structlog
@@ -23,13 +24,12 @@ async def test_unhandled_event_type_completes_as_ignored(
     queue = Queue(settings.queue_name, {"connection": bullmq_connection(settings.redis_url)})
     envelope = {"type": "event_callback", "event_id": "Ev0IGNORED1", "team_id": "T0TEAM001",
                 "event": {"type": "reaction_added", "reaction": "tada"}}
-    await queue.add("reaction_added", envelope, job_options("Ev0IGNORED1"))
+    await queue.add("reaction_added", envelope, job_options("Ev0IGNORED1", settings))
     stop = asyncio.Event()
     merge = structlog.contextvars.merge_contextvars
+    options = replace(WorkerOptions.from_settings(settings), grace_seconds=5)
     with structlog.testing.capture_logs(processors=[merge]) as logs:
-        task = asyncio.create_task(
-            run_worker(settings, default_registry(), WorkerOptions(grace_seconds=5), stop)
-        )
+        task = asyncio.create_task(run_worker(settings, default_registry(), options, stop))
         try:
             await wait_until(lambda: redis_client.zscore(
                 "bull:slack-events:completed", "Ev0IGNORED1") is not None)

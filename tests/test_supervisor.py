@@ -88,7 +88,8 @@ async def add_mention(redis_url: str, event_id: str) -> None:
     settings = Settings(redis_url=redis_url)
     queue = Queue(settings.queue_name, {"connection": redis_url, "prefix": settings.queue_prefix})
     try:
-        await queue.add("app_mention", app_mention_envelope(event_id), job_options(event_id))
+        await queue.add("app_mention", app_mention_envelope(event_id),
+                        job_options(event_id, settings))
     finally:
         await queue.close()
 

@@ -11,6 +11,7 @@ import itertools
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -19,7 +20,6 @@ from bullmq import Job, Queue
 from structlog.testing import capture_logs
 
 from harness.slack_standin import FakeSlack, rate_limited, server_error, slack_error
-from slackq.contract import REMOVE_ON_FAIL
 from slackq.embedded import free_port
 from slackq.settings import Settings
 from tests.waiting import wait_until
@@ -58,7 +58,9 @@ async def start(settings: Settings) -> AsyncIterator[StartWorker]:
         options.setdefault("limits", NO_PACING)
         worker_settings = settings.model_copy(
             update={"worker_concurrency": concurrency, **(settings_update or {})})
-        runtime = await start_worker(worker_settings, app_registry(), WorkerOptions(**options))
+        runtime = await start_worker(
+            worker_settings, app_registry(),
+            replace(WorkerOptions.from_settings(worker_settings), **options))
         runtimes.append(runtime)
         return runtime
 
@@ -115,7 +117,7 @@ async def test_permanent_slack_errors_fail_at_once_with_the_code_in_the_reason(
         fields = await aclient.hgetall(job_key(settings, job_id))
         assert code in fields["failedReason"]
         assert fields["atm"] == "1"
-        assert json.loads(fields["opts"])["removeOnFail"] == REMOVE_ON_FAIL  # kept 24 h
+        assert json.loads(fields["opts"])["removeOnFail"] == {"age": 86_400}  # kept 24 h
     assert len(fake_slack.calls_to("chat.postMessage")) == len(codes)  # none retried
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 import redis.asyncio as aioredis
@@ -68,7 +69,8 @@ async def test_a_flooding_team_does_not_starve_another_team(
     queue: Queue = make_queue(settings)
     runtime = await start_worker(
         settings.model_copy(update={"worker_concurrency": 4}), app_registry(),
-        WorkerOptions(grace_seconds=3, limits=Limits(per_channel=1, per_team=4)),
+        replace(WorkerOptions.from_settings(settings), grace_seconds=3,
+                limits=Limits(per_channel=1, per_team=4)),
     )
     try:
         flood = [f"Ev0FLOOD{n:03d}" for n in range(60)]
@@ -116,7 +118,8 @@ async def test_a_429_holds_the_channel_for_every_job_until_retry_after(
     queue: Queue = make_queue(settings)
     runtime = await start_worker(
         settings, app_registry(),
-        WorkerOptions(grace_seconds=3, limits=Limits(per_channel=5, per_team=0)),
+        replace(WorkerOptions.from_settings(settings), grace_seconds=3,
+                limits=Limits(per_channel=5, per_team=0)),
     )
     try:
         for n in range(3):

@@ -1,4 +1,4 @@
-"""Retry policy, Slack error conversion and envelope models: pure functions, no servers."""
+"""Retry policy, Slack error conversion, envelope models, worker options: pure, no servers."""
 
 from __future__ import annotations
 
@@ -22,16 +22,13 @@ from slackq.models import (
     parse_envelope,
     team_of,
 )
+from slackq.retry_policy import Backoff, backoff_delay_ms, will_retry
+from slackq.settings import Settings, load_settings
 from tests.slack_requests import app_mention_envelope
 from worker.errors import SlackPermanentError, SlackRateLimited, SlackTransientError
-from worker.retry import (
-    Backoff,
-    backoff_delay_ms,
-    defer_delay_ms,
-    is_permanent_slack_error,
-    retry_after_seconds,
-    will_retry,
-)
+from worker.limiter import Limits
+from worker.retry import defer_delay_ms, is_permanent_slack_error, retry_after_seconds
+from worker.runner import WorkerOptions
 from worker.slack import convert_api_error
 
 
@@ -72,7 +69,7 @@ def test_jitter_spreads_retries_and_zero_jitter_does_not() -> None:
 
 
 def test_backoff_reads_the_jobs_own_options() -> None:
-    opts = job_options("Ev0POLICY1")
+    opts = job_options("Ev0POLICY1", Settings.model_construct())
     backoff = Backoff.from_opts(opts["backoff"])
     assert backoff is not None and backoff.type == "exponential" and backoff.jitter > 0
     assert Backoff.from_opts(250) == Backoff("fixed", 250)
@@ -185,3 +182,20 @@ def test_models_produce_json_schema() -> None:
     for model in (EventCallback, SlashCommand, InteractionPayload):
         schema = model.model_json_schema()
         assert schema["type"] == "object" and schema["required"]
+
+
+def test_worker_options_and_limits_come_from_the_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in {"WORKER_GRACE_SECONDS": "40", "WORKER_LOCK_DURATION_MS": "30000",
+                        "WORKER_STALLED_INTERVAL_MS": "7000", "WORKER_RUN_RETRY_DELAY_MS": "500",
+                        "WORKER_MAX_STALLED_COUNT": "3", "SLACKQ_ALLOW_EVICTION": "1",
+                        "WORKER_RATE_PER_CHANNEL": "2", "WORKER_RATE_PER_TEAM": "0"}.items():
+        monkeypatch.setenv(name, value)
+    assert WorkerOptions.from_settings(load_settings()) == WorkerOptions(
+        grace_seconds=40.0, lock_duration_ms=30_000, stalled_interval_ms=7_000,
+        run_retry_delay_ms=500, max_stalled_count=3, allow_eviction=True,
+        limits=Limits(per_channel=2.0, per_team=0.0))
+    defaults = WorkerOptions.from_settings(Settings.model_construct())
+    assert (defaults.grace_seconds, defaults.lock_duration_ms, defaults.max_stalled_count,
+            defaults.limits) == (25.0, 20_000, 1, Limits(1.0, 10.0))

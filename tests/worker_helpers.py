@@ -12,11 +12,13 @@ import redis
 import redis.asyncio as aioredis
 from bullmq import Queue
 
-from slackq.contract import job_options
+from slackq.contract import JobOptions
 from slackq.settings import Settings
 from tests.processes import Proc
 from tests.slack_requests import app_mention_envelope
 
+# The webhook's job options, with the settings' defaults.
+JOBS = JobOptions.from_settings(Settings.model_construct())
 STATES = ("wait", "active", "delayed", "completed", "failed", "prioritized")
 
 
@@ -24,7 +26,7 @@ async def add_mention(queue: Queue, event_id: str, *, name: str = "app_mention",
                       opts: dict[str, Any] | None = None, **envelope: Any) -> str:
     """Enqueue an `app_mention` envelope the way the webhook does (contract options)."""
     data = app_mention_envelope(event_id, **envelope)
-    job = await queue.add(name, data, {**job_options(event_id), **(opts or {})})
+    job = await queue.add(name, data, {**JOBS.for_job(event_id), **(opts or {})})
     return str(job.id)
 
 

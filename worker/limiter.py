@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from slackq.settings import Settings
 from worker.errors import PacingLimited, RedisTransientError
 
 # How long a job keeps a channel slot it has not used yet (it may wait behind the team limit or a
@@ -98,8 +99,13 @@ return free_at - now
 class Limits:
     """Calls per second per channel and per team; 0 turns that limit off."""
 
-    per_channel: float = 1.0
-    per_team: float = 10.0
+    per_channel: float
+    per_team: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """`WORKER_RATE_PER_CHANNEL` and `WORKER_RATE_PER_TEAM`."""
+        return cls(settings.worker_rate_per_channel, settings.worker_rate_per_team)
 
     @staticmethod
     def interval_ms(rate: float) -> int:

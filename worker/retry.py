@@ -1,21 +1,14 @@
-"""Retry policy as data plus pure functions (no Redis, no clock, no randomness of their own).
+"""How the worker classifies failures and spaces out deferrals: pure functions, no Redis.
 
-Backoff with jitter, compatible with Node BullMQ
-------------------------------------------------
-Jobs carry Node BullMQ's own option, `backoff: {type: "exponential", delay, jitter}`. Node workers
-apply it as is. The Python port (bullmq 3.4.4) ignores `jitter` and only calls a custom strategy
-for non-builtin types, so a Python worker computes the delay itself with Node's formula
-(`backoff_delay_ms`) and hands the port that number as a `fixed` backoff for this one failure
-(`Dispatcher` rewrites the in-memory `job.opts["backoff"]`; the stored options stay Node's).
-Both runtimes therefore retry the same job on the same schedule, jitter included.
+A job's retries (`attempts`, `backoff` with Node's jitter) are `slackq.retry_policy.RetryPolicy`,
+shared with the producer that writes them into the job's options. This module holds what only the
+worker decides: which Slack error codes no retry can fix, and how long a deferral (pacing, a 429)
+waits.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
 # Slack `ok: false` codes that no retry can fix (the app, token or channel must change first).
 PERMANENT_SLACK_ERRORS = frozenset({
@@ -38,53 +31,6 @@ TRANSIENT_SLACK_ERRORS = frozenset({
 # A 429's Retry-After is stretched by up to this fraction so that jobs limited together do not
 # all come back in the same millisecond.
 DEFER_SPREAD = 0.2
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Node BullMQ's `BackoffOptions`: `type` is `exponential` or `fixed`, `jitter` in [0, 1]."""
-
-    type: str
-    delay_ms: int
-    jitter: float = 0.0
-
-    @classmethod
-    def from_opts(cls, value: Any) -> Backoff | None:
-        """Read a job's `backoff` option (a number means `fixed`, as in BullMQ)."""
-        if isinstance(value, bool) or value is None:
-            return None
-        if isinstance(value, int | float):
-            return cls("fixed", int(value))
-        if isinstance(value, Mapping) and value.get("type") in {"fixed", "exponential"}:
-            jitter = min(max(float(value.get("jitter") or 0.0), 0.0), 1.0)
-            return cls(str(value["type"]), int(value.get("delay") or 0), jitter)
-        return None
-
-    def to_opts(self) -> dict[str, Any]:
-        opts: dict[str, Any] = {"type": self.type, "delay": self.delay_ms}
-        if self.jitter:
-            opts["jitter"] = self.jitter
-        return opts
-
-
-def backoff_delay_ms(backoff: Backoff, attempts_made: int, rand: float) -> int:
-    """Node BullMQ 6's delay before the next try, `attempts_made` counting the one that failed.
-
-    `rand` is a uniform number in [0, 1) (Node's `Math.random()`).
-    """
-    if backoff.type == "exponential":
-        top = round(math.pow(2, attempts_made - 1) * backoff.delay_ms)
-    else:
-        top = backoff.delay_ms
-    if backoff.jitter <= 0:
-        return int(top)
-    low = top * (1 - backoff.jitter)
-    return math.floor(rand * top * backoff.jitter + low)
-
-
-def will_retry(attempts_made: int, attempts: int) -> bool:
-    """Whether BullMQ retries after this failure (`attempts_made` not yet counting it)."""
-    return attempts_made + 1 < attempts
 
 
 def defer_delay_ms(seconds: float, rand: float, spread: float = DEFER_SPREAD) -> int:

@@ -16,7 +16,7 @@ import signal
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -34,6 +34,7 @@ from structlog.typing import FilteringBoundLogger
 
 from slackq.connection import redis_kwargs, require_noeviction
 from slackq.models import Envelope, parse_envelope, team_of
+from slackq.retry_policy import RetryPolicy
 from slackq.settings import Settings
 from worker.context import JobContext, JobSlack
 from worker.effects import EffectLog
@@ -42,7 +43,7 @@ from worker.limiter import Limiter, Limits
 from worker.metrics import instrument_worker, record_deferred
 from worker.pool import FetchNextWorker, worker_connection
 from worker.registry import HandlerRegistry
-from worker.retry import Backoff, backoff_delay_ms, defer_delay_ms, will_retry
+from worker.retry import defer_delay_ms
 from worker.slack import make_client
 
 log = structlog.get_logger(__name__)
@@ -50,18 +51,21 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """Tuning that tests and operators may change; defaults suit a Heroku worker dyno.
+    """The worker's timings and pacing, taken from the settings (`from_settings`).
 
-    docs/worker.md ("Timings, and why") explains each default.
+    A separate object so that tests and embedders can change one value of a running
+    configuration (`dataclasses.replace(WorkerOptions.from_settings(settings), grace_seconds=3)`)
+    without going through the environment. The defaults live in `Settings` alone;
+    docs/worker.md ("Timings, and why") explains them.
     """
 
-    grace_seconds: float = 25.0
-    lock_duration_ms: int = 20_000
-    stalled_interval_ms: int = 5_000
-    run_retry_delay_ms: int = 1_000
-    max_stalled_count: int = 1
-    allow_eviction: bool = False
-    limits: Limits = field(default_factory=Limits)
+    grace_seconds: float
+    lock_duration_ms: int
+    stalled_interval_ms: int
+    run_retry_delay_ms: int
+    max_stalled_count: int
+    allow_eviction: bool
+    limits: Limits
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerOptions:
@@ -70,8 +74,9 @@ class WorkerOptions:
             lock_duration_ms=settings.worker_lock_duration_ms,
             stalled_interval_ms=settings.worker_stalled_interval_ms,
             run_retry_delay_ms=settings.worker_run_retry_delay_ms,
+            max_stalled_count=settings.worker_max_stalled_count,
             allow_eviction=settings.allow_eviction,
-            limits=Limits(settings.worker_rate_per_channel, settings.worker_rate_per_team),
+            limits=Limits.from_settings(settings),
         )
 
     def command_retry(self) -> Retry:
@@ -149,17 +154,20 @@ class Dispatcher:
         record_deferred(job.name, exc.reason)
 
     def _plan_retry(self, job: Job, exc: Exception, bound: FilteringBoundLogger) -> None:
-        """Give the port this failure's delay as a `fixed` backoff: Node's formula with jitter."""
-        backoff = Backoff.from_opts(job.opts.get("backoff"))
-        attempts = int(job.opts.get("attempts") or 1)
-        if backoff is None or not will_retry(job.attemptsMade, attempts):
+        """Give the port this failure's delay as a `fixed` backoff: Node's formula with jitter.
+
+        The policy is the one the job carries (a Node producer may have set its own), never
+        this deployment's `JOB_*` settings.
+        """
+        policy = RetryPolicy.of_job(job.opts)
+        delay_ms = policy.retry_delay_ms(job.attemptsMade, self.rand)
+        if delay_ms is None:
             bound.error("job_attempts_exhausted", error=str(exc), error_type=type(exc).__name__,
-                      attempts=attempts)
+                      attempts=policy.attempts)
             return
-        delay_ms = backoff_delay_ms(backoff, job.attemptsMade + 1, self.rand())
         job.opts["backoff"] = {"type": "fixed", "delay": delay_ms}
         bound.warning("job_retry_scheduled", error=str(exc), error_type=type(exc).__name__,
-                    delay_ms=delay_ms, attempts=attempts)
+                    delay_ms=delay_ms, attempts=policy.attempts)
 
 
 def _validate(data: dict[str, Any]) -> Envelope:
