@@ -126,6 +126,40 @@ def test_the_procfile_worker_stops_on_sigterm_and_sigint_with_exit_0(
         worker.stop()
 
 
+def test_a_job_longer_than_its_lock_keeps_the_lock_through_a_graceful_stop(
+    settings: Settings, worker_env: dict[str, str], procs: list[WorkerProc], tmp_path: Path,
+    redis_client: redis.Redis, fake_slack: FakeSlack,
+) -> None:
+    """The stopping worker keeps renewing the lock: no other worker takes the job over.
+
+    The port's run loop closed its lock manager as soon as a close began: a job still running
+    past `lockDuration` lost its lock, the survivor's stalled check re-ran it, and the first
+    worker's completion failed with "Missing lock".
+    """
+    fast = {"WORKER_LOCK_DURATION_MS": "1000", "WORKER_STALLED_INTERVAL_MS": "500"}
+    env = {**worker_env, **fast, "TEST_HOLD_SECONDS": "4", "WORKER_GRACE_SECONDS": "30"}
+    stopping = WorkerProc("stopping", env, tmp_path)
+    procs.append(stopping)
+    stopping.wait_for_event("worker_started")
+    enqueue(settings, "Ev0LOCK0001")
+    stopping.wait_for_event("test_hold_started", job_id="Ev0LOCK0001")
+    survivor = WorkerProc("survivor", {**worker_env, **fast}, tmp_path)
+    procs.append(survivor)
+    survivor.wait_for_event("worker_started")
+
+    stopping.signal(signal.SIGTERM)
+    assert stopping.popen.wait(timeout=30) == 0
+    # The hold (4 s) outlasted the lock (1 s) several times over after SIGTERM.
+    assert stopping.events("test_hold_finished")
+    assert sync_job_state(redis_client, settings, "Ev0LOCK0001") == "completed"
+    assert stopping.wait_for_event("job_completed", job_id="Ev0LOCK0001")["attempt"] == 1
+    # (A renewal racing the completion may still log "could not renew lock": the port's, benign.)
+    assert not [e for e in stopping.events("worker_error") if "Missing lock" in e["error"]]
+    assert not survivor.events("job_stalled_requeued")
+    assert not survivor.events("test_hold_started")
+    assert len(fake_slack.calls_to("chat.postMessage")) == 1
+
+
 def test_a_job_of_a_killed_worker_is_completed_by_another_after_the_stalled_check(
     settings: Settings, worker_env: dict[str, str], procs: list[WorkerProc], tmp_path: Path,
     redis_client: redis.Redis, fake_slack: FakeSlack,

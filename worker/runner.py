@@ -276,6 +276,7 @@ async def _start(settings: Settings, registry: HandlerRegistry, options: WorkerO
         effects=EffectLog(client, settings.queue_prefix, settings.queue_name),
     )
     worker = build_worker(settings, dispatcher, options)
+    renew_locks_until_jobs_end(worker)
     instrument_worker(worker, settings)  # Prometheus listeners; serves METRICS_PORT when set
     # Load server capabilities before run(): without them short delays round up to ~1 s. The
     # eviction policy was checked above (and allowed on purpose): silence the port's warning.
@@ -323,6 +324,34 @@ async def shutdown(worker: Worker, grace_seconds: float) -> None:
         with contextlib.suppress(Exception):
             await worker.close(force=True)
         await asyncio.gather(closing, return_exceptions=True)
+
+
+def renew_locks_until_jobs_end(worker: Worker) -> None:
+    """Keep renewing the locks of in-flight jobs until they end, through a graceful close.
+
+    The port's `Worker.run()` returns as soon as a close stops its fetching and closes its lock
+    manager on the way out, while the jobs it started may run on for the whole grace period.
+    Their locks then lapse after `lockDuration`: another worker's stalled check hands the job
+    to a second run, and its completion fails with "Missing lock" (a job longer than
+    `WORKER_LOCK_DURATION_MS` past SIGTERM was never recorded). Node's worker closes its lock
+    manager only once its jobs are done; this makes the port do the same. A forced close
+    cancels the jobs, which ends the wait.
+
+    Port internals (`Worker.lockManager`, `processing`, `forceClosing`): this belongs in the
+    port seam module (slackq/bullmq_seam.py) once it exists.
+    """
+    lock_manager = worker.lockManager
+    close_lock_manager = lock_manager.close
+
+    async def close_after_jobs() -> None:
+        try:
+            running = [task for task in worker.processing if not task.done()]
+            if running and not worker.forceClosing:
+                await asyncio.wait(running)
+        finally:
+            await close_lock_manager()
+
+    lock_manager.close = close_after_jobs
 
 
 def _stop_on_signals() -> asyncio.Event:
