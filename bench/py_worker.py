@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
     if impl == "dyno" and settings.worker_processes > 1:
         from worker.supervisor import supervise
 
-        return supervise(settings.worker_processes, [sys.executable, __file__, "slackq"])
+        return supervise(settings, [sys.executable, __file__, "slackq"])
     from worker.__main__ import run_process
 
     return run_process(settings, noop_registry())

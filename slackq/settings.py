@@ -59,6 +59,14 @@ class Settings(BaseSettings):
         description="Worker processes per worker dyno, under one supervisor that forwards "
                     "signals and restarts a process that dies. `1` runs no supervisor and spends "
                     "less CPU on a quiet queue.")
+    worker_restart_delay_seconds: float = Field(
+        default=0.5, gt=0, le=3600,
+        description="Wait before restarting a worker process that died or could not be started; "
+                    "it doubles with each quick failure in a row.")
+    worker_restart_max_delay_seconds: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="The longest wait between restarts of a worker process; one that ran at "
+                    "least this long before dying starts the doubling over.")
     worker_fetch_next: bool = Field(
         default=True,
         description="Fetch jobs as Node BullMQ does: each completion also fetches the next job, "

@@ -1,4 +1,8 @@
-"""The worker dyno's supervisor, with real processes: the Procfile's `worker` line, a real Redis."""
+"""The worker dyno's supervisor, with real processes: the Procfile's `worker` line, a real Redis.
+
+Also the supervisor in process over real child processes, for what is hard to provoke through the
+Procfile: a command that cannot be started, and a stop while a slot backs off.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,31 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from bullmq import Queue
+from structlog.testing import capture_logs
 
 from harness.slack_standin import FakeSlack
 from slackq.contract import job_options
 from slackq.embedded import RedisProcess
-from slackq.settings import Settings, usable_cpus
+from slackq.settings import Settings, load_settings, usable_cpus
 from tests.processes import Proc, process_env
 from tests.slack_requests import BOT_TOKEN, app_mention_envelope
-from worker.supervisor import RestartPolicy, clean_exit
+from tests.waiting import wait_until as wait_for
+from tests.worker_helpers import WorkerProc, make_queue, sync_job_state
+from tests.worker_helpers import add_mention as enqueue_mention
+from worker.supervisor import (
+    SPAWN_FAILED_CODE,
+    STOP_MARGIN_SECONDS,
+    RestartPolicy,
+    Supervisor,
+    clean_exit,
+)
 
 
 def log_events(proc: Proc, name: str) -> list[dict[str, Any]]:
@@ -133,6 +149,22 @@ def test_a_configuration_error_stops_the_dyno_without_restarts(
 def test_restart_backoff_doubles_up_to_the_cap() -> None:
     policy = RestartPolicy(base_seconds=0.5, cap_seconds=4.0)
     assert [policy.delay(n) for n in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert policy.stable_seconds == 4.0
+
+
+def test_the_supervisor_takes_its_timings_from_the_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WORKER_RESTART_DELAY_SECONDS", "0.25")
+    monkeypatch.setenv("WORKER_RESTART_MAX_DELAY_SECONDS", "8")
+    monkeypatch.setenv("WORKER_GRACE_SECONDS", "60")
+    settings = load_settings()
+    assert RestartPolicy.from_settings(settings) == RestartPolicy(0.25, 8.0)
+    supervisor = Supervisor(["true"], 1, {}, child_grace_seconds=settings.worker_grace_seconds,
+                            policy=RestartPolicy.from_settings(settings))
+    assert supervisor.stop_timeout == 60 + STOP_MARGIN_SECONDS
+    defaults = Settings.model_construct()
+    assert RestartPolicy.from_settings(defaults) == RestartPolicy(0.5, 30.0)
 
 
 def test_a_child_stopped_by_the_forwarded_signal_counts_as_clean() -> None:
@@ -145,3 +177,117 @@ def test_worker_processes_defaults_to_the_usable_cpus(monkeypatch: pytest.Monkey
     assert Settings().worker_processes == usable_cpus() >= 1
     monkeypatch.setenv("WORKER_PROCESSES", "3")
     assert Settings().worker_processes == 3
+
+
+def events_named(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [entry for entry in logs if entry["event"] == name]
+
+
+def child_script(path: Path, *, executable: bool = True) -> None:
+    """Create `path` in one step: it notes its pid in $STARTED, then waits for a signal."""
+    staging = path.with_suffix(".tmp")
+    staging.write_text('#!/bin/sh\necho "$$" >> "$STARTED"\nexec sleep 600\n')
+    staging.chmod(0o755 if executable else 0o644)
+    staging.rename(path)
+
+
+async def test_a_child_that_cannot_be_started_is_retried_with_the_backoff(tmp_path: Path) -> None:
+    command, started = tmp_path / "child", tmp_path / "started"
+    env = {"PATH": os.environ["PATH"], "STARTED": str(started)}
+    supervisor = Supervisor([str(command)], 1, env, child_grace_seconds=5,
+                            policy=RestartPolicy(base_seconds=0.05, cap_seconds=0.4))
+    with capture_logs() as logs:
+        run = asyncio.create_task(supervisor.run())
+
+        def spawn_errors(kind: str) -> int:
+            failed = events_named(logs, "worker_process_spawn_failed")
+            return sum(kind in event["error"] for event in failed)
+
+        # No file yet (ENOENT), then a file that cannot be executed (EACCES): the slot survives.
+        await wait_for(lambda: spawn_errors("FileNotFoundError") >= 3, 20, "3 failed spawns")
+        child_script(command, executable=False)
+        await wait_for(lambda: spawn_errors("PermissionError") >= 1, 20, "EACCES spawn")
+        command.chmod(0o755)
+        await wait_for(started.exists, 20, "the child's start")
+        assert not run.done()
+        supervisor.request_stop()
+        assert await asyncio.wait_for(run, 20) == 0
+    [pid] = [int(line) for line in started.read_text().split()]
+    assert [e["pid"] for e in events_named(logs, "worker_process_started")] == [pid]
+    failed = events_named(logs, "worker_process_spawn_failed")
+    assert all(e["index"] == 0 and e["command"] == str(command) for e in failed)
+    restarts = events_named(logs, "worker_process_restarting")
+    assert len(restarts) == len(failed)
+    assert {e["returncode"] for e in restarts} == {SPAWN_FAILED_CODE}
+    delays = [e["delay_seconds"] for e in restarts]
+    assert delays[:4] == [0.05, 0.1, 0.2, 0.4] and set(delays[4:]) <= {0.4}
+    assert events_named(logs, "worker_process_exited")[0]["returncode"] == -signal.SIGTERM
+    assert events_named(logs, "supervisor_killing") == []
+
+
+async def test_a_stop_while_a_slot_backs_off_ends_the_supervisor_at_once(tmp_path: Path) -> None:
+    """The backoff (60 s here) gives way to a stop; the slot never started: not a clean exit."""
+    supervisor = Supervisor([str(tmp_path / "never")], 2, {"PATH": os.environ["PATH"]},
+                            child_grace_seconds=60,
+                            policy=RestartPolicy(base_seconds=60, cap_seconds=60))
+    with capture_logs() as logs:
+        run = asyncio.create_task(supervisor.run())
+        await wait_for(lambda: len(events_named(logs, "worker_process_restarting")) == 2, 20,
+                         "both slots backing off")
+        supervisor.request_stop()
+        # Far less than the 60 s backoff: only a stop that interrupts the wait ends it in time.
+        assert await asyncio.wait_for(run, 10) == 1
+    assert len(events_named(logs, "worker_process_spawn_failed")) == 2
+    assert events_named(logs, "worker_process_started") == []
+    [stopped] = events_named(logs, "supervisor_stopped")
+    assert stopped["child_codes"] == [SPAWN_FAILED_CODE] * 2
+    assert events_named(logs, "supervisor_killing") == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_job_longer_than_30s_completes_within_a_60s_grace(
+    redis_server: RedisProcess, fake_slack: FakeSlack, tmp_path: Path
+) -> None:
+    """WORKER_GRACE_SECONDS=60 and a 45 s job: SIGTERM lets it finish; nothing is SIGKILLed.
+
+    A supervisor that gave its children a fixed 30 s would SIGKILL this one mid-job: the test
+    checks that the job was running when SIGTERM came and ran on for more than 30 s after it.
+    """
+    settings = Settings(redis_url=redis_server.url)
+    env = worker_env(redis_server.url, fake_slack.base_url)
+    env.update(WORKER_GRACE_SECONDS="60", TEST_HOLD_SECONDS="45")
+    dyno = WorkerProc("dyno", env, tmp_path)  # tests.worker_app: the supervisor of 2 children
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        wait_for_events(dyno, "worker_started", 2)
+        queue = make_queue(settings)
+
+        async def enqueue() -> None:
+            try:
+                await enqueue_mention(queue, "Ev0LONGJOB1", name="held_mention")
+            finally:
+                await queue.close()
+
+        asyncio.run(enqueue())
+        dyno.wait_for_event("test_hold_started", timeout=20)
+        assert sync_job_state(client, settings, "Ev0LONGJOB1") == "active"
+        dyno.signal(signal.SIGTERM)
+        assert dyno.wait(timeout=120) == 0
+        assert sync_job_state(client, settings, "Ev0LONGJOB1") == "completed"
+    finally:
+        dyno.stop()
+        client.close()
+    [stopping] = log_events(dyno, "supervisor_stopping")
+    [finished] = log_events(dyno, "test_hold_finished")
+    assert at(finished) - at(stopping) > 30  # past the supervisor's old fixed grace
+    assert log_events(dyno, "supervisor_killing") == []
+    assert log_events(dyno, "worker_force_closing") == []
+    exits = log_events(dyno, "worker_process_exited")
+    assert [e["returncode"] for e in exits] == [0, 0]
+    [completed] = log_events(dyno, "job_completed")
+    assert completed["job_id"] == "Ev0LONGJOB1"
+
+
+def at(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["timestamp"]).timestamp()

@@ -1,7 +1,8 @@
 """`python -m tests.worker_app`: the worker dyno with extra test handlers, as a real process.
 
-It runs exactly `worker.runner.run_worker` (signals, shutdown, settings from the environment);
-the only difference from `python -m worker` is the registry:
+It runs exactly what `python -m worker` runs (`worker.__main__.run_dyno`: with
+`WORKER_PROCESSES` > 1 the supervisor, here of `python -m tests.worker_app` children; signals,
+shutdown, settings from the environment); the only difference is the registry:
 
 * `held_mention`: replies like `app_mention` (a recorded Slack effect), then holds the job for
   `TEST_HOLD_SECONDS` (environment, default 0) so a test can signal or kill the process mid-job.
@@ -17,7 +18,7 @@ from typing import Any
 from slackq.errors import ConfigError
 from slackq.logging import configure_logging
 from slackq.settings import load_settings
-from worker.__main__ import run_process
+from worker.__main__ import run_dyno
 from worker.handlers import default_registry, reply_to_mention
 from worker.registry import HandlerRegistry, JobContext
 
@@ -44,7 +45,7 @@ def main() -> int:
         print(f"slackq test worker: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    return run_process(settings, app_registry())
+    return run_dyno(settings, app_registry, [sys.executable, "-m", "tests.worker_app"])
 
 
 if __name__ == "__main__":

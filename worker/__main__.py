@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from slackq.errors import ConfigError, RedisMisconfigured
@@ -25,16 +26,30 @@ def main() -> int:
         print(f"slackq worker: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    return run_dyno(settings, _default_registry)
+
+
+def _default_registry() -> HandlerRegistry:
+    # Imported here so that the supervisor process never loads bullmq and redis.
+    from worker.handlers import default_registry
+
+    return default_registry()
+
+
+def run_dyno(settings: Settings, registry: Callable[[], HandlerRegistry],
+             command: Sequence[str] | None = None) -> int:
+    """The dyno; the process exit code.
+
+    With `WORKER_PROCESSES` > 1 a supervisor of that many `command` processes (default
+    `python -m worker`), else one worker process with `registry()`.
+    """
     if settings.worker_processes > 1:
         from worker.metrics import serve_supervisor_metrics
         from worker.supervisor import supervise
 
         serve_supervisor_metrics(settings)  # METRICS_PORT: the sum of all worker processes
-        return supervise(settings.worker_processes)
-    # Imported here so that the supervisor process never loads bullmq and redis.
-    from worker.handlers import default_registry
-
-    return run_process(settings, default_registry())
+        return supervise(settings, command)
+    return run_process(settings, registry())
 
 
 def run_process(settings: Settings, registry: HandlerRegistry) -> int:

@@ -2,9 +2,12 @@
 
 One worker process runs on one event loop, hence on one core at most. The supervisor starts the
 children (`python -m worker` with `WORKER_PROCESSES=1`), forwards SIGTERM/SIGINT to them, restarts
-a child that dies on its own (backing off when it keeps dying quickly), and exits once every child
-has stopped. A child that exits with the configuration error code is not restarted: the whole
-supervisor stops with that code, since every restart would fail the same way.
+a child that dies on its own or cannot be started (backing off when it keeps failing quickly), and
+exits once every child has stopped. A child that exits with the configuration error code is not
+restarted: the whole supervisor stops with that code, since every restart would fail the same way.
+
+After a stop the supervisor waits for the children as long as they wait for their own jobs
+(`WORKER_GRACE_SECONDS`) plus `STOP_MARGIN_SECONDS`, then SIGKILLs whatever is left.
 
 It imports neither bullmq nor redis, so it costs little memory next to its children.
 """
@@ -22,20 +25,43 @@ from dataclasses import dataclass
 
 import structlog
 
+from slackq.settings import Settings
+
 log = structlog.get_logger(__name__)
 
 CONFIG_EXIT_CODE = 2
+# What a slot reports when its child could not be started at all (a shell's "command not found"):
+# not a clean exit.
+SPAWN_FAILED_CODE = 127
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Added to the children's grace before the supervisor SIGKILLs them. Past its grace a child still
+# force-closes its jobs, closes its Redis connections and exits, which takes well under a second
+# on a reachable Redis; 5 s also covers a slow host. Not a setting: the operator's knob is
+# WORKER_GRACE_SECONDS, and with its default (25 s) the supervisor gives up at 30 s, when Heroku
+# SIGKILLs the dyno anyway.
+STOP_MARGIN_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
 class RestartPolicy:
-    """How long to wait before restarting a child that died, by how often it died quickly."""
+    """How long to wait before restarting a child that died, by how often it died quickly.
 
-    base_seconds: float = 0.5
-    cap_seconds: float = 30.0
-    # A child that ran at least this long before dying starts the backoff over.
-    stable_seconds: float = 30.0
+    A child counts as stable, and the backoff starts over, once it has run for `cap_seconds`:
+    a crash loop that slow already restarts no faster than the longest wait, so a separate
+    threshold would be one more knob with nothing to tune.
+    """
+
+    base_seconds: float
+    cap_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RestartPolicy:
+        """`WORKER_RESTART_DELAY_SECONDS` and `WORKER_RESTART_MAX_DELAY_SECONDS`."""
+        return cls(settings.worker_restart_delay_seconds, settings.worker_restart_max_delay_seconds)
+
+    @property
+    def stable_seconds(self) -> float:
+        return self.cap_seconds
 
     def delay(self, quick_failures: int) -> float:
         """Seconds before the next start, after `quick_failures` consecutive quick deaths."""
@@ -53,7 +79,11 @@ def child_command() -> list[str]:
 
 
 class Supervisor:
-    """Keeps `count` children of `command` alive until told to stop."""
+    """Keeps `count` children of `command` alive until told to stop.
+
+    `child_grace_seconds` is how long each child waits for its in-flight jobs once signalled;
+    the supervisor waits that long plus `STOP_MARGIN_SECONDS` before it SIGKILLs them.
+    """
 
     def __init__(
         self,
@@ -61,14 +91,14 @@ class Supervisor:
         count: int,
         env: Mapping[str, str],
         *,
-        grace_seconds: float = 30.0,
-        policy: RestartPolicy | None = None,
+        child_grace_seconds: float,
+        policy: RestartPolicy,
     ) -> None:
         self.command = list(command)
         self.count = count
         self.env = dict(env)
-        self.grace_seconds = grace_seconds
-        self.policy = policy or RestartPolicy()
+        self.stop_timeout = child_grace_seconds + STOP_MARGIN_SECONDS
+        self.policy = policy
         self.stop = asyncio.Event()
         self.stop_signal = signal.SIGTERM
         self.fatal_code: int | None = None
@@ -88,7 +118,7 @@ class Supervisor:
         slots = [asyncio.create_task(self._keep_alive(i), name=f"worker-{i}")
                  for i in range(self.count)]
         await self.stop.wait()
-        done, pending = await asyncio.wait(slots, timeout=self.grace_seconds)
+        done, pending = await asyncio.wait(slots, timeout=self.stop_timeout)
         if pending:
             log.warning("supervisor_killing", pids=self._live_pids())
             self._forward(signal.SIGKILL)
@@ -109,13 +139,7 @@ class Supervisor:
         quick_failures = 0
         while True:
             started = time.monotonic()
-            process = await asyncio.create_subprocess_exec(*self.command, env=self.env)
-            self.children[index] = process
-            log.info("worker_process_started", index=index, pid=process.pid)
-            if self.stop.is_set():
-                self._signal(process, self.stop_signal)
-            code = await process.wait()
-            log.info("worker_process_exited", index=index, pid=process.pid, returncode=code)
+            code = await self._run_child(index)
             if self.stop.is_set():
                 return code
             if code == CONFIG_EXIT_CODE:
@@ -132,6 +156,26 @@ class Supervisor:
             if self.stop.is_set():
                 return code
 
+    async def _run_child(self, index: int) -> int:
+        """Start child `index` and wait for it; `SPAWN_FAILED_CODE` if it could not start.
+
+        Starting fails with an OSError (no such file, EAGAIN at the process limit, ENOMEM);
+        the caller backs off and tries again, as for a child that died.
+        """
+        try:
+            process = await asyncio.create_subprocess_exec(*self.command, env=self.env)
+        except OSError as exc:
+            log.error("worker_process_spawn_failed", index=index, command=self.command[0],
+                      error=f"{type(exc).__name__}: {exc}")
+            return SPAWN_FAILED_CODE
+        self.children[index] = process
+        log.info("worker_process_started", index=index, pid=process.pid)
+        if self.stop.is_set():
+            self._signal(process, self.stop_signal)
+        code = await process.wait()
+        log.info("worker_process_exited", index=index, pid=process.pid, returncode=code)
+        return code
+
     def _forward(self, signum: int) -> None:
         for process in self.children.values():
             self._signal(process, signum)
@@ -146,15 +190,19 @@ class Supervisor:
         return [p.pid for p in self.children.values() if p.returncode is None]
 
 
-async def _supervise(count: int, env: Mapping[str, str], command: Sequence[str]) -> int:
-    supervisor = Supervisor(command, count, env)
+async def _supervise(supervisor: Supervisor) -> int:
     loop = asyncio.get_running_loop()
     for signum in FORWARDED_SIGNALS:
         loop.add_signal_handler(signum, supervisor.request_stop, signum)
     return await supervisor.run()
 
 
-def supervise(count: int, command: Sequence[str] | None = None) -> int:
-    """Run `count` worker processes (each with `WORKER_PROCESSES=1`) until SIGTERM/SIGINT."""
+def supervise(settings: Settings, command: Sequence[str] | None = None) -> int:
+    """Run `WORKER_PROCESSES` worker processes (each with `WORKER_PROCESSES=1`) until a signal."""
     env = {**os.environ, "WORKER_PROCESSES": "1"}
-    return asyncio.run(_supervise(count, env, command or child_command()))
+    supervisor = Supervisor(
+        command or child_command(), settings.worker_processes, env,
+        child_grace_seconds=settings.worker_grace_seconds,
+        policy=RestartPolicy.from_settings(settings),
+    )
+    return asyncio.run(_supervise(supervisor))
