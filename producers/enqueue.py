@@ -29,7 +29,7 @@ from tenacity import (
 from producers.batching import AddBatcher
 from producers.jobs import SlackJob
 from producers.metrics import observe_enqueue
-from slackq.connection import producer_client
+from slackq.connection import PRODUCER, PRODUCER_TIMEOUT_SECONDS, redis_client
 from slackq.contract import JobOptions
 from slackq.errors import RedisUnavailable
 from slackq.settings import Settings
@@ -47,7 +47,8 @@ class EnqueuePolicy:
     """How long one `add` may take in all, and how it retries within that time."""
 
     budget_seconds: float = 2.0  # retries included; Slack gives up after 3 s
-    attempt_timeout: float = 0.5  # socket timeout of one Redis command (and of connecting)
+    # Socket timeout of one Redis command (and of connecting); the PRODUCER profile's default.
+    attempt_timeout: float = PRODUCER_TIMEOUT_SECONDS
     backoff_seconds: float = 0.02  # first wait between attempts (jittered, doubling)
     backoff_max_seconds: float = 0.25
 
@@ -77,7 +78,8 @@ class Enqueuer:
 
     def __init__(self, settings: Settings, policy: EnqueuePolicy | None = None) -> None:
         self.policy = policy or EnqueuePolicy()
-        self._client = producer_client(settings.redis_url, timeout=self.policy.attempt_timeout)
+        self._client = redis_client(settings.redis_url,
+                                    PRODUCER.with_timeout(self.policy.attempt_timeout))
         self.queue = Queue(
             settings.queue_name,
             {"connection": self._client, "prefix": settings.queue_prefix},

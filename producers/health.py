@@ -2,37 +2,29 @@
 
 `/health` (liveness: the process answers) stays in `producers.app`. Readiness asks Redis itself:
 `PING`, then what an operator wants next to it (AOF on, eviction policy, version). It uses a
-short-lived client of its own with 1 s timeouts and no retry, so a probe never waits on the
-webhook's pool or its retry budget, and nothing is left open when the app stops.
+short-lived client of its own (the `PROBE` profile: 1 s timeouts, no retry), so a probe never
+waits on the webhook's pool or its retry budget, and nothing is left open when the app stops.
 """
 
 from __future__ import annotations
 
 import time
 
-import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from slackq.connection import redis_kwargs
+from slackq.connection import PROBE, redis_client
 from slackq.metrics import exposition_registry
 from slackq.settings import Settings
-
-PROBE_TIMEOUT_SECONDS = 1.0
 
 
 async def redis_readiness(url: str) -> tuple[int, dict[str, object]]:
     """(HTTP status, body): 200 `{"healthy": true, ...}` when PING answers, else 503."""
-    client = aioredis.Redis(**redis_kwargs(url), decode_responses=True,
-                            socket_timeout=PROBE_TIMEOUT_SECONDS,
-                            socket_connect_timeout=PROBE_TIMEOUT_SECONDS,
-                            retry=Retry(NoBackoff(), 0))
+    client = redis_client(url, PROBE)
     started = time.monotonic()
     try:
         await client.ping()

@@ -21,13 +21,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
 from bullmq import Queue
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-from slackq.connection import redis_kwargs
+from slackq.connection import OPERATOR, redis_client
 from slackq.doctor import Level, evaluate, gather_facts
 from slackq.errors import SlackqError
 from slackq.logging import redact
@@ -44,9 +41,7 @@ class Ops:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client = aioredis.Redis(**redis_kwargs(settings.redis_url), decode_responses=True,
-                                     socket_timeout=10, socket_connect_timeout=5,
-                                     retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), 1))
+        self.client = redis_client(settings.redis_url, OPERATOR)
         self.queue = Queue(settings.queue_name,
                            {"connection": self.client, "prefix": settings.queue_prefix})
 

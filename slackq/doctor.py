@@ -13,11 +13,9 @@ from enum import Enum
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
-from slackq.connection import redis_kwargs
+from slackq.connection import PATIENT_PROBE, redis_client
 
 # BullMQ's recommended minimum; below it the port falls back to slower blocking commands.
 MIN_VERSION = (6, 2, 0)
@@ -68,9 +66,7 @@ async def _appendfsync(client: aioredis.Redis) -> str | None:
 
 async def _auth_required(url: str) -> bool:
     """Whether a client with no credentials at all is refused (the URL's host, port and TLS)."""
-    kwargs = {k: v for k, v in redis_kwargs(url).items() if k not in {"username", "password"}}
-    anonymous = aioredis.Redis(**kwargs, socket_timeout=5, socket_connect_timeout=5,
-                               retry=Retry(NoBackoff(), 0))
+    anonymous = redis_client(url, PATIENT_PROBE, anonymous=True)
     try:
         await anonymous.ping()
     except AuthenticationError:

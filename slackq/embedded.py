@@ -16,9 +16,10 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import redis
+
+from slackq.connection import PROBE, sync_redis_client
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 REDIS_CONF = PROJECT_ROOT / "redis.conf"
@@ -98,8 +99,9 @@ class RedisProcess:
         """Wait until PING answers PONG (not LOADING); return the seconds it took."""
         started = time.monotonic()
         deadline = started + timeout
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1,
-                             socket_connect_timeout=1, **self._auth())
+        # Synchronous: a durability campaign restarts servers from inside its event loop.
+        password = self.overrides.get("requirepass") or None
+        client = sync_redis_client(self.url, PROBE, password=password)
         try:
             while True:
                 if self.process is not None and self.process.poll() is not None:
@@ -114,10 +116,6 @@ class RedisProcess:
                 time.sleep(0.02)
         finally:
             client.close()
-
-    def _auth(self) -> dict[str, Any]:
-        password = self.overrides.get("requirepass")
-        return {"password": password} if password else {}
 
     def _log_tail(self) -> str:
         log = self.log_path

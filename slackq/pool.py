@@ -31,7 +31,7 @@ import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.connection import HiredisRespSerializer
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.utils import HIREDIS_AVAILABLE
@@ -103,11 +103,13 @@ class LeanConnectionPool(aioredis.ConnectionPool):
 def lean_client(url: str, max_connections: int, **options: Any) -> aioredis.Redis:
     """A client over a `LeanConnectionPool` for `url` (redis://, rediss:// or unix://).
 
-    `from_url` picks the connection class (TCP, TLS, unix socket) as `Redis.from_url` does; the
-    client owns the pool, so closing the client closes its connections.
+    The URL picks the connection class (TCP, TLS, unix socket) as `Redis.from_url` does;
+    `options` win over the same options in its query string. The client owns the pool, so
+    closing the client closes its connections.
     """
     # Maintenance notifications (RESP3 push messages of Redis Enterprise) would rewrite the pool
     # under the lock this pool does not take: off, whatever the URL says.
     options.setdefault("maint_notifications_config", MaintNotificationsConfig(enabled=False))
-    pool = LeanConnectionPool.from_url(url, max_connections=max_connections, **options)
+    kwargs = {**parse_url(url), **options, "max_connections": max_connections}
+    pool = LeanConnectionPool(**kwargs)
     return aioredis.Redis.from_pool(pool)

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import ssl
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 
-from slackq.connection import redis_kwargs
+from slackq.connection import PATIENT_PROBE, redis_client, redis_kwargs
 from slackq.errors import RedisAuthFailed
 from slackq.logging import redact
 
@@ -45,14 +42,14 @@ def _is_tls_failure(exc: BaseException) -> bool:
     return "SSL" in str(exc)
 
 
-async def check_credentials(url: str, *, wait_seconds: float = 5.0) -> bool:
+async def check_credentials(url: str, *,
+                            wait_seconds: float = PATIENT_PROBE.connect_timeout) -> bool:
     """PING with the URL's credentials; return whether Redis answered.
 
     Raise RedisAuthFailed (one line, no password) when Redis refuses the credentials, denies the
     user PING/INFO, or the TLS handshake fails. Return False when it is merely unreachable.
     """
-    client = aioredis.Redis(**redis_kwargs(url), socket_timeout=wait_seconds,
-                            socket_connect_timeout=wait_seconds, retry=Retry(NoBackoff(), 0))
+    client = redis_client(url, PATIENT_PROBE.with_timeout(wait_seconds))
     try:
         await client.ping()
         await client.info("server")

@@ -10,7 +10,7 @@ import redis
 from bullmq import Queue
 
 from producers.batching import AddBatcher
-from slackq.connection import producer_client
+from slackq.connection import PRODUCER, redis_client
 from slackq.contract import JobOptions
 from slackq.settings import Settings
 from tests.slack_requests import app_mention_envelope
@@ -22,7 +22,8 @@ JOBS = JobOptions.from_settings(Settings.model_construct())
 
 @pytest.fixture
 async def batcher(webhook_settings: Settings) -> AsyncIterator[AddBatcher]:
-    queue = Queue("slack-events", {"connection": producer_client(webhook_settings.redis_url)})
+    client = redis_client(webhook_settings.redis_url, PRODUCER.with_timeout(1.0))
+    queue = Queue("slack-events", {"connection": client})
     yield AddBatcher(queue)
     await queue.close()
 

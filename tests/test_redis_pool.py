@@ -15,7 +15,7 @@ from redis.asyncio.connection import Connection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, MaxConnectionsError
 
-from slackq.connection import producer_client
+from slackq.connection import PRODUCER, redis_client
 from slackq.embedded import RedisProcess, free_port
 from slackq.pool import LeanConnectionPool, hiredis_packing, lean_client
 from tests.waiting import wait_until
@@ -132,13 +132,13 @@ def test_maintenance_notifications_are_off_whatever_the_url_says() -> None:
 
 
 async def test_the_producer_client_stores_over_a_unix_socket() -> None:
-    """`producer_client` builds its lean pool from a unix:// URL (no TCP keepalive there)."""
+    """The PRODUCER profile builds its lean pool from a unix:// URL (no TCP keepalive there)."""
     socket_dir = Path(tempfile.mkdtemp(prefix="sq-", dir="/tmp"))  # short: sun_path is 108 bytes
     server = RedisProcess(data_dir=socket_dir / "data",
                           overrides={"unixsocket": str(socket_dir / "r.sock"),
                                      "unixsocketperm": "700"})
     server.start()
-    client = producer_client(f"unix://{socket_dir / 'r.sock'}?db=0")
+    client = redis_client(f"unix://{socket_dir / 'r.sock'}?db=0", PRODUCER)
     try:
         pipe = client.pipeline(transaction=False)
         pipe.set("k", "é").get("k")

@@ -29,8 +29,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from bullmq import Job, Worker
 
-from slackq.connection import bullmq_connection, is_unix_socket, redis_kwargs
-from slackq.pool import lean_client
+from slackq.connection import BLOCKING, bullmq_connection, redis_client
 from slackq.settings import Settings
 
 
@@ -110,13 +109,7 @@ def pooled_connection(url: str, size: int) -> aioredis.Redis:
     `LeanConnectionPool` (hiredis packing, no per-command bookkeeping): at 500 jobs/s it saves
     ~7% of a worker process's CPU against redis-py's `BlockingConnectionPool`.
     """
-    # The port's connection options of `bullmq_connection`, less what the URL itself says.
-    url_options = redis_kwargs(url)
-    options = {key: value for key, value in bullmq_connection(url).items()
-               if key not in url_options}
-    if is_unix_socket(url):  # TCP keepalive is for TCP connections only
-        options.pop("socket_keepalive", None)
-    return lean_client(url, size, decode_responses=True, **options)
+    return redis_client(url, BLOCKING.pooled(size))
 
 
 def worker_connection(settings: Settings) -> dict[str, Any] | aioredis.Redis:

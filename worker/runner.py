@@ -24,15 +24,10 @@ import structlog
 from bullmq import Job, Worker
 from bullmq.custom_errors import DelayedError, UnrecoverableError
 from pydantic import ValidationError
-from redis.asyncio.retry import Retry
-from redis.backoff import EqualJitterBackoff
-from redis.exceptions import BusyLoadingError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from slack_sdk.web.async_client import AsyncWebClient
 from structlog.typing import FilteringBoundLogger
 
-from slackq.connection import redis_kwargs, require_noeviction
+from slackq.connection import command_profile, command_retry, redis_client, require_noeviction
 from slackq.models import Envelope, parse_envelope, team_of
 from slackq.retry_policy import RetryPolicy
 from slackq.settings import Settings
@@ -77,18 +72,6 @@ class WorkerOptions:
             max_stalled_count=settings.worker_max_stalled_count,
             allow_eviction=settings.allow_eviction,
             limits=Limits.from_settings(settings),
-        )
-
-    def command_retry(self) -> Retry:
-        """Redis command retry: ~1 s apart, for about as long as a job's lock can live.
-
-        The port's own (20 tries, backoff doubling to 20 s) can leave a finished job unrecorded
-        for minutes after Redis is back; past the lock's life a retry cannot succeed anyway.
-        """
-        retries = max(3, int(self.lock_duration_ms / 750))
-        return Retry(
-            EqualJitterBackoff(cap=1.0, base=0.05), retries,
-            supported_errors=(RedisConnectionError, RedisTimeoutError, BusyLoadingError),
         )
 
 
@@ -197,7 +180,7 @@ def build_worker(settings: Settings, dispatcher: Dispatcher, options: WorkerOpti
         },
     )
     for connection in (worker.redisConnection, worker.blockingRedisConnection):
-        connection.conn.set_retry(options.command_retry())
+        connection.conn.set_retry(command_retry(options.lock_duration_ms).build())
     _log_worker_events(worker)
     return worker
 
@@ -226,10 +209,7 @@ def _log_worker_events(worker: Worker) -> None:
 
 def command_client(url: str, options: WorkerOptions) -> aioredis.Redis:
     """slackq's own Redis commands (limiter, effects): pooled, bounded, same retry as BullMQ's."""
-    return aioredis.Redis(
-        **redis_kwargs(url), decode_responses=True, socket_timeout=5, socket_connect_timeout=5,
-        socket_keepalive=True, retry=options.command_retry(),
-    )
+    return redis_client(url, command_profile(options.lock_duration_ms))
 
 
 @dataclass
