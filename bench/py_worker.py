@@ -34,12 +34,12 @@ async def run_port(queue: str, concurrency: int, url: str) -> None:
     """The port's Worker with its defaults (one connection + one blocking connection)."""
     from bullmq import Worker
 
+    from slackq.bullmq_seam import load_server_capabilities
     from slackq.connection import bullmq_connection
 
     worker = Worker(queue, noop_processor, {"connection": bullmq_connection(url),
                                             "concurrency": concurrency, "autorun": False})
-    await worker.blockingRedisConnection.getRedisVersion()
-    await worker.redisConnection.getRedisVersion()
+    await load_server_capabilities(worker)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)

@@ -4,7 +4,8 @@ On this kind of host a loopback `send` costs ~100 us of CPU, more than everythin
 command costs redis-py: one round trip per webhook request makes Redis I/O the web process's
 main cost. `AddBatcher` sends the adds that arrive while a round trip is in flight together, as
 one pipeline of the port's own `addStandardJob` EVALSHA calls (same Lua script, same keys and
-arguments as `Queue.add`), so under load one write and one read serve many requests.
+arguments as `Queue.add`, from `slackq.bullmq_seam.standard_add_calls`), so under load one write
+and one read serve many requests.
 
 A job's future resolves with its id only from Redis' reply to that job's EVALSHA: a resolved
 future means the job is stored, as with `Queue.add`. Anything unusual (a delayed or prioritised
@@ -19,8 +20,8 @@ from typing import Any
 from bullmq import Job, Queue
 from redis.exceptions import NoScriptError, ResponseError
 
-STANDARD_JOB_KEYS = ["wait", "paused", "meta", "id", "completed", "delayed", "active", "events",
-                     "marker"]  # addStandardJob-9.lua's KEYS, in the port's order
+from slackq.bullmq_seam import queue_client, standard_add_calls
+
 MAX_BATCH = 256
 
 
@@ -52,11 +53,7 @@ class AddBatcher:
                 await self._send(live)
 
     async def _send(self, batch: list[tuple[Job, asyncio.Future[str]]]) -> None:
-        scripts = self.queue.scripts
-        sha = scripts.commands["addStandardJob"].sha
-        keys = scripts.getKeys(STANDARD_JOB_KEYS)
-        calls = [(sha, len(keys), *keys, *scripts.addJobArgs(job), job.timestamp)
-                 for job, _ in batch]
+        calls = standard_add_calls(self.queue, (job for job, _ in batch))
         try:
             replies = await self._evalsha(calls)
         except BaseException as exc:  # every waiter must hear of it
@@ -70,7 +67,7 @@ class AddBatcher:
 
     async def _evalsha(self, calls: list[tuple[Any, ...]]) -> list[Any]:
         """Replies in order; a Redis error reply is returned, not raised (as in a pipeline)."""
-        client = self.queue.client
+        client = queue_client(self.queue)
         if len(calls) == 1:  # a lone add: a plain EVALSHA costs ~20 us less CPU than a pipeline
             try:
                 return [await client.evalsha(*calls[0])]

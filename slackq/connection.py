@@ -6,7 +6,7 @@ the enqueue policy (`producers/enqueue.py`). Timeouts are socket / connect.
 
 * `BLOCKING`: the BullMQ Worker, its blocking wait for jobs and its scripts. No socket timeout,
   5 s to connect, TCP keepalive, counts (re)connections. Its retry is the command retry, set by
-  `worker.runner.build_worker` once the port has built its clients. The port's single
+  `slackq.bullmq_seam.set_worker_retry` once the port has built its clients. The port's single
   connection (`bullmq_connection`), or a lean pool of `WORKER_REDIS_CONNECTIONS` + 1
   (`worker/pool.py`).
 * command (`command_profile`): the worker's own commands (limiter, effect log). 5 s / 5 s, TCP
@@ -197,7 +197,7 @@ def bullmq_connection(url: str) -> dict[str, Any]:
     options: the port builds its single-connection client from them.
 
     It adds `decode_responses` and its own retry itself (passing either is an error); the
-    worker then replaces that retry (`worker.runner.build_worker`).
+    worker then replaces that retry (`slackq.bullmq_seam.set_worker_retry`).
     """
     return {**redis_kwargs(url), **_profile_options(url, BLOCKING)}
 

@@ -1,4 +1,5 @@
-"""worker/pool.py: fetch-next and the pooled connection keep the port's semantics (real Redis)."""
+"""FetchNextWorker (slackq/bullmq_seam.py) and the pooled connection (worker/pool.py) keep the
+port's semantics (real Redis)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import pytest
 import redis.asyncio as aioredis
 from bullmq import Job, Queue, Worker
 
+from slackq.bullmq_seam import FetchNextWorker
 from slackq.connection import bullmq_connection
 from slackq.embedded import RedisProcess
 from slackq.settings import Settings
 from tests.waiting import wait_until
-from worker.pool import FetchNextWorker, pooled_connection, worker_connection
+from worker.pool import pooled_connection, worker_connection
 
 JOBS = 200
 

@@ -14,19 +14,24 @@ import contextlib
 import random
 import signal
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from bullmq import Job, Worker
-from bullmq.custom_errors import DelayedError, UnrecoverableError
+from bullmq import DelayedError, Job, UnrecoverableError, Worker
 from pydantic import ValidationError
 from slack_sdk.web.async_client import AsyncWebClient
 from structlog.typing import FilteringBoundLogger
 
+from slackq.bullmq_seam import (
+    FetchNextWorker,
+    in_flight_jobs,
+    load_server_capabilities,
+    set_retry_delay,
+    set_worker_retry,
+)
 from slackq.connection import command_profile, command_retry, redis_client, require_noeviction
 from slackq.models import Envelope, parse_envelope, team_of
 from slackq.retry_policy import RetryPolicy
@@ -36,7 +41,7 @@ from worker.effects import EffectLog
 from worker.errors import Deferred, InvalidPayload, PacingLimited, PermanentError
 from worker.limiter import Limiter, Limits
 from worker.metrics import instrument_worker, record_deferred
-from worker.pool import FetchNextWorker, worker_connection
+from worker.pool import worker_connection
 from worker.registry import HandlerRegistry
 from worker.retry import defer_delay_ms
 from worker.slack import make_client
@@ -148,7 +153,7 @@ class Dispatcher:
             bound.error("job_attempts_exhausted", error=str(exc), error_type=type(exc).__name__,
                       attempts=policy.attempts)
             return
-        job.opts["backoff"] = {"type": "fixed", "delay": delay_ms}
+        set_retry_delay(job, delay_ms)
         bound.warning("job_retry_scheduled", error=str(exc), error_type=type(exc).__name__,
                     delay_ms=delay_ms, attempts=policy.attempts)
 
@@ -179,8 +184,7 @@ def build_worker(settings: Settings, dispatcher: Dispatcher, options: WorkerOpti
             "runRetryDelay": options.run_retry_delay_ms,
         },
     )
-    for connection in (worker.redisConnection, worker.blockingRedisConnection):
-        connection.conn.set_retry(command_retry(options.lock_duration_ms).build())
+    set_worker_retry(worker, command_retry(options.lock_duration_ms).build())
     _log_worker_events(worker)
     return worker
 
@@ -258,13 +262,9 @@ async def _start(settings: Settings, registry: HandlerRegistry, options: WorkerO
     worker = build_worker(settings, dispatcher, options)
     renew_locks_until_jobs_end(worker)
     instrument_worker(worker, settings)  # Prometheus listeners; serves METRICS_PORT when set
-    # Load server capabilities before run(): without them short delays round up to ~1 s. The
-    # eviction policy was checked above (and allowed on purpose): silence the port's warning.
+    # Server capabilities before run(): without them short delays round up to ~1 s.
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="IMPORTANT! Eviction policy")
-            await worker.blockingRedisConnection.getRedisVersion()
-            await worker.redisConnection.getRedisVersion()
+        await load_server_capabilities(worker, eviction_checked=True)
     except BaseException:
         with contextlib.suppress(Exception):
             await worker.close(force=True)
@@ -295,12 +295,14 @@ async def run_worker(
 
 async def shutdown(worker: Worker, grace_seconds: float) -> None:
     """Stop fetching; wait for in-flight jobs up to `grace_seconds`; then force-close."""
-    log.info("worker_stopping", in_flight=len(worker.jobs), grace_seconds=grace_seconds)
+    log.info("worker_stopping", in_flight=len(in_flight_jobs(worker)),
+             grace_seconds=grace_seconds)
     closing = asyncio.create_task(worker.close())
     done, _ = await asyncio.wait({closing}, timeout=grace_seconds)
     if not done:
-        log.warning("worker_force_closing", in_flight=len(worker.jobs),
-                    job_ids=sorted(str(job.id) for job, _token in worker.jobs))
+        in_flight = in_flight_jobs(worker)
+        log.warning("worker_force_closing", in_flight=len(in_flight),
+                    job_ids=sorted(str(job.id) for job in in_flight))
         with contextlib.suppress(Exception):
             await worker.close(force=True)
         await asyncio.gather(closing, return_exceptions=True)

@@ -1,0 +1,190 @@
+"""Every use of the BullMQ port's non-public API, in one module (the port is pinned: 3.4.4).
+
+slackq uses the port's public API everywhere else: what Node BullMQ documents and the port mirrors
+(`Queue(...)` with `add`, `addBulk`, `getJobs`, `getJobCounts`, `retryJobs`, `clean`,
+`get_workers`, `close`; `Worker(...)` with `run`, `close`, `on`; `Job(...)`, its fields such as
+`id`, `name`, `data`, `opts` (read only), `timestamp`, `attemptsMade`, `finishedOn`, and
+`moveToDelayed`, `retry`; `DelayedError`, `UnrecoverableError`). What is not public is here:
+
+* `FetchNextWorker`: a Worker subclass overriding `getNextJob` and `processJob`, replacing its
+  backend's `moveToCompleted` on the instance, calling `nextJobFromJobData` and `emit`, reading
+  `closing` and `paused`.
+* `set_worker_retry`, `set_queue_retry`: the retry of the clients the port builds itself
+  (`redisConnection.conn`, `blockingRedisConnection.conn`, `Queue.client`).
+* `load_server_capabilities`: `RedisConnection.getRedisVersion` before `Worker.run()`.
+* `in_flight_jobs`: `Worker.jobs`.
+* `set_retry_delay`: the in-memory `job.opts["backoff"]` that `Job.moveToFailed` reads.
+* `standard_add_calls`, `queue_client`: the `addStandardJob` script's SHA, keys and arguments
+  (`Queue.scripts`), and `Queue.client`, for `producers/batching.py`'s pipelined adds.
+
+tests/test_bullmq_seam.py checks the installed port's version against pyproject.toml and each
+signature, attribute and script this module relies on; a failure names the function here that
+would break. The same test scans slackq/, producers/, worker/, harness/ and bench/ for any other
+use of the port's internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+from bullmq import Job, Queue, Worker
+from redis.asyncio.retry import Retry
+
+PORT_VERSION = "3.4.4"  # pyproject.toml pins the same; the seam test compares all three
+
+# addStandardJob-9.lua's KEYS, in the order of the port's `Scripts.addStandardJob`.
+STANDARD_JOB_KEYS = ("wait", "paused", "meta", "id", "completed", "delayed", "active", "events",
+                     "marker")
+
+
+class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq ships no type information
+    """A port `Worker` that fetches as Node's Worker does: the next job with each completion,
+    and one fetch at a time.
+
+    The port (3.4.4) is ~8x slower than Node BullMQ at draining a queue; two of the reasons:
+
+    1. After a job completes it calls `moveToFinished` with `fetchNext=0` and then a separate
+       `moveToActive` for the next job: two script round trips per job where Node makes one.
+       When the queue is nearly empty, the extra `moveToActive` calls are empty polls that burn
+       CPU. This class passes `fetchNext=1` to the very same `moveToFinished` script (as Node
+       does, unless the worker is closing or paused) and processes the job it returns in the
+       same task.
+    2. Its run loop starts up to `concurrency` fetches at once whenever a job arrives, and each
+       calls `moveToActive` until one of them finds the queue empty: at a steady trickle of jobs
+       that is up to `concurrency` script calls per job, nearly all empty. This class fetches
+       in turn, as Node's main loop does (it awaits each fetch before starting the next).
+
+    (The third, a pooled connection instead of the port's single one, is `worker/pool.py`.)
+    Upstream-worthy: both belong in the port itself (fetch-next in `Worker.processJob`, fetches
+    in turn in `Worker.run`).
+    """
+
+    def __init__(self, name: str, processor: Any, opts: dict[str, Any]) -> None:
+        super().__init__(name, processor, opts)
+        self._fetched: dict[str, Any] = {}
+        self._fetching = asyncio.Lock()
+        move_to_completed = self.backend.moveToCompleted
+
+        async def move_to_completed_fetching_next(
+            job: Job, return_value: Any, remove_on_complete: Any, token: str,
+            fetch_next: bool = False,
+        ) -> Any:
+            fetch = not (self.closing or self.paused)
+            finished = await move_to_completed(job, return_value, remove_on_complete, token,
+                                               fetch_next=fetch)
+            if fetch:
+                self._fetched[token] = finished.get("result")
+            return finished
+
+        # The port calls `backend.moveToCompleted(..., fetch_next=False)` from processJob.
+        self.backend.moveToCompleted = move_to_completed_fetching_next
+
+    async def getNextJob(self, token: str) -> Job | None:
+        """Fetch jobs one at a time, as Node's main loop does: one task waits, the rest queue.
+
+        The port's run loop starts up to `concurrency` fetches at once as soon as one job
+        arrives; each calls `moveToActive` while the queue is not known to be drained, so one
+        job costs up to `concurrency` script calls, nearly all of them empty, and as many
+        tasks. Here the fetches (the blocking wait for the marker included) take turns: after
+        the first empty reply the next task blocks for the marker and the others wait their
+        turn without touching Redis.
+        """
+        async with self._fetching:
+            if self.closing or self.paused:
+                return None
+            job: Job | None = await super().getNextJob(token)
+            return job
+
+    async def processJob(self, job: Job, token: str) -> None:
+        """Process `job`, then each job its completion fetched, in this same task (same token).
+
+        A fetched job is already active and locked for `token`. Processing it here rather than
+        handing it back to the port's run loop means a graceful `close()` waits for it: the
+        port's teardown waits only for the tasks running when it started, and its run loop stops
+        taking jobs once closing, so a job fetched by a completion in flight at that moment
+        would stay active until the stalled check. It also spares the run loop a task and an
+        `asyncio.wait` over every slot per job. Completions fetch nothing once closing or
+        paused, which ends the loop; a forced close cancels it like any processing task.
+        """
+        next_job: Job | None = job
+        while next_job is not None:
+            await super().processJob(next_job, token)
+            next_job = await self._fetched_job(token)
+
+    async def _fetched_job(self, token: str) -> Job | None:
+        fetched = self._fetched.pop(token, None)
+        if fetched is None:
+            return None
+        job_data, job_id, limit_until, delay_until = fetched
+        next_job: Job | None = await self.nextJobFromJobData(
+            job_data, job_id, limit_until or 0, delay_until or 0, token)
+        if next_job is not None:
+            self.emit("active", next_job, "waiting")
+        return next_job
+
+
+def set_worker_retry(worker: Worker, commands: Retry, blocking: Retry | None = None) -> None:
+    """Give the clients the port built for `worker` these retries (`blocking`: its blocking
+    wait's client, `commands` when not given).
+
+    The port builds them with 20 retries and a backoff doubling to 20 s (~350 s in all). When
+    the Worker was given a client (a pool) rather than options, both are that client.
+    """
+    worker.redisConnection.conn.set_retry(commands)
+    worker.blockingRedisConnection.conn.set_retry(blocking or commands)
+
+
+def set_queue_retry(queue: Queue, retry: Retry) -> None:
+    """Give the client the port built for `queue` this retry instead of its ~350 s one."""
+    queue.client.set_retry(retry)
+
+
+async def load_server_capabilities(worker: Worker, *, eviction_checked: bool = False) -> None:
+    """Read the server's version and capabilities before `worker.run()`.
+
+    Without them the port rounds short delays up to ~1 s (it assumes a server that cannot block
+    for 1 ms). `eviction_checked`: the caller has checked the eviction policy itself (and
+    allowed it on purpose), so the port's own warning about it is silenced.
+    """
+    with warnings.catch_warnings():
+        if eviction_checked:
+            warnings.filterwarnings("ignore", message="IMPORTANT! Eviction policy")
+        await worker.blockingRedisConnection.getRedisVersion()
+        await worker.redisConnection.getRedisVersion()
+
+
+def in_flight_jobs(worker: Worker) -> list[Job]:
+    """The jobs `worker` is processing right now."""
+    return [job for job, _token in worker.jobs]
+
+
+def set_retry_delay(job: Job, delay_ms: int) -> None:
+    """Make the port wait exactly `delay_ms` before retrying this failed attempt.
+
+    The port computes the delay in `Job.moveToFailed` from the in-memory `job.opts["backoff"]`;
+    a `fixed` backoff of `delay_ms` gives `delay_ms`. Only this in-memory copy changes: the
+    stored job keeps its options, so Node workers see the job as it was added.
+    """
+    job.opts["backoff"] = {"type": "fixed", "delay": delay_ms}
+
+
+def standard_add_calls(queue: Queue, jobs: Iterable[Job]) -> list[tuple[Any, ...]]:
+    """`EVALSHA` arguments adding each of `jobs` as `Queue.add` would (no delay, no priority).
+
+    The same script, keys and arguments as the port's `Scripts.addStandardJob`: the reply is
+    the job's id, or a negative error code.
+    """
+    scripts = queue.scripts
+    sha = scripts.commands["addStandardJob"].sha
+    keys = scripts.getKeys(list(STANDARD_JOB_KEYS))
+    return [(sha, len(keys), *keys, *scripts.addJobArgs(job), job.timestamp) for job in jobs]
+
+
+def queue_client(queue: Queue) -> aioredis.Redis:
+    """The Redis client `queue` sends its commands through (the one it was given, if any)."""
+    client: aioredis.Redis = queue.client
+    return client
