@@ -23,6 +23,12 @@ lent (`ensure_connection`: connected, nothing unread left on it from an interrup
 reconnected otherwise). It leaves out the rest, so it is not for a client that needs redis-py's
 release events (streaming credential providers) or maintenance notifications (Redis Enterprise
 cluster moves): slackq uses neither.
+
+Both lean on redis-py internals: the pool's `get_available_connection`, `ensure_connection`,
+`_in_use_connections`, `_available_connections` and `connection_class`, a connection's
+`should_reconnect` and `pack_command` (which `pack_commands` calls), `HiredisRespSerializer`,
+`HIREDIS_AVAILABLE` and `MaintNotificationsConfig`. pyproject.toml pins redis-py to the minor
+release they were written for; tests/test_redis_pool.py checks each and names what would break.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.connection import HiredisRespSerializer
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.utils import HIREDIS_AVAILABLE
+
+REDIS_PY_RANGE = ">=8.1,<8.2"  # the releases it was written for; pyproject.toml pins the same
 
 _HIREDIS_PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {}
 

@@ -1,24 +1,43 @@
 """slackq/pool.py: the lean pool blocks instead of failing, never lends a dirty connection, and
-packs commands into exactly the bytes redis-py's own packer makes (real redis-server)."""
+packs commands into exactly the bytes redis-py's own packer makes (real redis-server); and the
+redis-py release and internals it relies on are the ones it was written for."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import inspect
 import shutil
 import tempfile
+import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection, ConnectionPool
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    ConnectionPool,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    parse_url,
+)
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, MaxConnectionsError
+from redis.maint_notifications import MaintNotificationsConfig
+from redis.utils import HIREDIS_AVAILABLE
 
 from slackq.connection import PRODUCER, redis_client
 from slackq.embedded import RedisProcess, free_port
-from slackq.pool import LeanConnectionPool, hiredis_packing, lean_client
+from slackq.pool import REDIS_PY_RANGE, LeanConnectionPool, hiredis_packing, lean_client
 from tests.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PACKED_ARGS: list[tuple[Any, ...]] = [
     ("SET", "k", "v"),
@@ -148,3 +167,74 @@ async def test_the_producer_client_stores_over_a_unix_socket() -> None:
         await client.aclose()
         server.stop()
         shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+# The redis-py internals slackq/pool.py relies on: (what would break, check, what is expected).
+def _params(function: Any) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def _pool() -> ConnectionPool:
+    return ConnectionPool(max_connections=2)
+
+
+POOL_RELIANCES: list[tuple[str, Callable[[], object], object]] = [
+    ("LeanConnectionPool.get_connection", lambda: _params(ConnectionPool.get_available_connection),
+     ["self"]),
+    ("LeanConnectionPool.get_connection", lambda: _params(ConnectionPool.ensure_connection),
+     ["self", "connection"]),
+    ("LeanConnectionPool.get_connection",
+     lambda: inspect.iscoroutinefunction(ConnectionPool.ensure_connection), True),
+    ("LeanConnectionPool.get_connection and .release",
+     lambda: type(_pool()._in_use_connections), set),
+    ("LeanConnectionPool.get_connection and .release",
+     lambda: type(_pool()._available_connections), list),
+    ("LeanConnectionPool.__init__ (hiredis_packing)", lambda: _pool().connection_class,
+     Connection),
+    ("LeanConnectionPool.__init__", lambda: _pool().max_connections, 2),
+    ("LeanConnectionPool.release", lambda: _params(AbstractConnection.should_reconnect),
+     ["self"]),
+    ("LeanConnectionPool.release",
+     lambda: inspect.iscoroutinefunction(AbstractConnection.disconnect), True),
+    ("hiredis_packing (HIREDIS_AVAILABLE: hiredis installed)", lambda: HIREDIS_AVAILABLE, True),
+    ("hiredis_packing", lambda: _params(HiredisRespSerializer.pack), ["self", "args"]),
+    ("hiredis_packing", lambda: _params(AbstractConnection.pack_command), ["self", "args"]),
+    ("hiredis_packing (pipelines pack through pack_command)",
+     lambda: "self.pack_command(" in inspect.getsource(AbstractConnection.pack_commands), True),
+    ("lean_client (maint_notifications_config)",
+     lambda: "maint_notifications_config" in _params(ConnectionPool.__init__), True),
+    ("lean_client (maint_notifications_config)",
+     lambda: MaintNotificationsConfig(enabled=False).enabled, False),
+    ("lean_client (parse_url picks the connection class)",
+     lambda: parse_url("unix:///tmp/r.sock").get("connection_class"), UnixDomainSocketConnection),
+    ("lean_client (parse_url picks the connection class)",
+     lambda: parse_url("rediss://h:1/0").get("connection_class"), SSLConnection),
+]
+
+
+def test_redis_py_is_the_pinned_minor_release() -> None:
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    requirement = next(Requirement(line) for line in dependencies
+                       if Requirement(line).name == "redis")
+    installed = importlib.metadata.version("redis")
+    assert requirement.specifier == SpecifierSet(REDIS_PY_RANGE), (
+        f"pyproject.toml allows redis{requirement.specifier}, slackq/pool.py was written for "
+        f"{REDIS_PY_RANGE}: re-check its redis-py internals (the tests below), then update "
+        "REDIS_PY_RANGE")
+    assert installed in SpecifierSet(REDIS_PY_RANGE), (
+        f"redis-py {installed} is installed; slackq/pool.py was written for {REDIS_PY_RANGE}")
+
+
+@pytest.mark.parametrize(("breaks", "check", "expected"), POOL_RELIANCES,
+                         ids=[f"{i}-{breaks.split()[0]}"
+                              for i, (breaks, _, _) in enumerate(POOL_RELIANCES)])
+def test_the_redis_py_internals_the_lean_pool_relies_on(
+    breaks: str, check: Callable[[], object], expected: object
+) -> None:
+    try:
+        actual = check()
+    except (AttributeError, ImportError, TypeError) as exc:
+        actual = f"{type(exc).__name__}: {exc}"
+    assert actual == expected, (
+        f"slackq.pool: {breaks} would break: redis-py gives {actual!r}, it was written for "
+        f"{expected!r}")
