@@ -17,14 +17,11 @@ import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import redis
 import structlog
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 log = structlog.get_logger(__name__)
 
@@ -72,11 +69,11 @@ class QueueCountsCollector(Collector):
         self.url, self.prefix, self.queue = url, prefix, queue
 
     def counts(self) -> dict[str, int]:
-        from slackq.connection import redis_kwargs  # connection.py imports this module
+        # Synchronous: prometheus-client collects in a plain thread.
+        from slackq.connection import PROBE, sync_redis_client  # connection.py imports this module
 
         base = f"{self.prefix}:{self.queue}:"
-        with redis.Redis(**redis_kwargs(self.url), socket_timeout=1, socket_connect_timeout=1,
-                         retry=Retry(NoBackoff(), 0)) as client:
+        with sync_redis_client(self.url, PROBE) as client:
             pipe = client.pipeline(transaction=False)
             for state in _LIST_STATES:
                 pipe.llen(base + state)
