@@ -19,6 +19,7 @@ import structlog
 
 from harness.ledger import Ledger
 from harness.servers import ServerControl
+from slackq.connection import PROBE, sync_redis_client
 
 log = structlog.get_logger(__name__)
 
@@ -96,7 +97,8 @@ def aof_state(url: str) -> dict[str, Any]:
     gone out for writes that only sat in `aof_buf`, which a SIGKILL loses.
     """
     with contextlib.suppress(redis.RedisError, OSError):
-        client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        # No retry: a read just before a kill must not delay the kill.
+        client = sync_redis_client(url, PROBE.with_timeout(0.5))
         try:
             info = client.info("persistence")
         finally:

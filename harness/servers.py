@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import redis
 
 from harness.errors import BackendUnavailable, ServerControlError
+from slackq.connection import PROBE, sync_redis_client
 from slackq.embedded import RedisProcess, free_port, server_binary
 
 
@@ -171,7 +172,7 @@ class ContainerServer:
 def _wait_pong(url: str, timeout: float) -> None:
     """Ready means PING answers PONG (a loading server answers LOADING)."""
     deadline = time.monotonic() + timeout
-    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    client = sync_redis_client(url, PROBE)  # no retry of its own: this loop polls
     try:
         while time.monotonic() < deadline:
             with contextlib.suppress(redis.ConnectionError, redis.TimeoutError,

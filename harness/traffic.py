@@ -3,7 +3,8 @@
 BullMQ's `Queue` and `Worker` are used directly (not slackq's producers/worker packages) so the
 harness measures Redis + BullMQ, not the application. The port's pitfalls are handled here:
 `socket_timeout=None` for the workers' blocking connection, capabilities loaded before `run()`,
-an `error` listener, a bounded `close()`, and short retries instead of the port's ~350 s.
+an `error` listener, a bounded `close()`, and short retries instead of the port's ~350 s. Its
+clients come from slackq's factory (`slackq.connection.redis_client`) with the profiles below.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from bullmq import Job, Queue, Worker
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from harness.ledger import Ledger
-from slackq.connection import bullmq_connection, redis_kwargs
+from slackq.bullmq_seam import load_server_capabilities, set_worker_retry
+from slackq.connection import Profile, RetryPolicy, bullmq_connection, redis_client
 
 log = structlog.get_logger(__name__)
 
@@ -72,18 +72,18 @@ def plan_jobs(config: TrafficConfig, seed: int) -> list[PlannedJob]:
     return planned
 
 
-def short_retry() -> Retry:
-    """A retry measured in tenths of a second, not the port's ~350 s."""
-    return Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2)
+# A retry measured in tenths of a second, not the port's ~350 s.
+SHORT_RETRY = RetryPolicy(2, "exponential", base=0.02, cap=0.2)
+# Rides out a restart (~0.1-0.5 s of refused connections, then LOADING) in ~3 s at most. The port
+# moves a job whose processor succeeded to *failed* when `moveToFinished` raises, even for a
+# connection or LOADING error, so the workers' commands client retries a little longer.
+RESTART_RETRY = RetryPolicy(8, "exponential", base=0.05, cap=0.5)
 
-
-def restart_retry() -> Retry:
-    """Rides out a restart (~0.1-0.5 s of refused connections, then LOADING) in ~3 s at most.
-
-    The port moves a job whose processor succeeded to *failed* when `moveToFinished` raises,
-    even for a connection or LOADING error, so the workers' client retries a little longer.
-    """
-    return Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=8)
+# The harness's client profiles (slackq.connection explains the fields).
+PRODUCER = Profile("harness producer", socket_timeout=2.0, connect_timeout=1.0,
+                   retry=SHORT_RETRY)
+DRAIN = Profile("harness drain", socket_timeout=2.0, connect_timeout=5.0, retry=SHORT_RETRY)
+READER = Profile("harness reader", socket_timeout=5.0, connect_timeout=5.0, retry=None)
 
 
 class ErrorStreak:
@@ -138,11 +138,8 @@ class Producers:
             await asyncio.gather(*pending, return_exceptions=True)
 
     def _queue(self) -> Queue:
-        connection = {**redis_kwargs(self.url), "socket_timeout": 2.0,
-                      "socket_connect_timeout": 1.0}
-        queue = Queue(self.config.queue, {"connection": connection, "prefix": self.config.prefix})
-        queue.client.set_retry(short_retry())
-        return queue
+        return Queue(self.config.queue, {"connection": redis_client(self.url, PRODUCER),
+                                         "prefix": self.config.prefix})
 
     async def _run(self, index: int) -> None:
         queue = self._queue()
@@ -194,9 +191,7 @@ class Workers:
     async def start(self) -> None:
         for index in range(self.config.workers):
             worker = self._build(f"w{index}")
-            # Load capabilities first: without them short delays round up to ~1 s.
-            await worker.blockingRedisConnection.getRedisVersion()
-            await worker.redisConnection.getRedisVersion()
+            await load_server_capabilities(worker)
             self._workers.append(worker)
             self._tasks.append(asyncio.create_task(worker.run(), name=f"worker-{index}"))
 
@@ -221,8 +216,7 @@ class Workers:
             "maxStalledCount": 1000,
             "runRetryDelay": 200,
         })
-        worker.client.set_retry(restart_retry())
-        worker.bclient.set_retry(short_retry())
+        set_worker_retry(worker, RESTART_RETRY.build(), blocking=SHORT_RETRY.build())
         worker.on("error", lambda error, *_: self.errors.error(error))
         worker.on("completed", lambda *_: self.errors.ok())
         return worker
@@ -253,7 +247,7 @@ async def pending_counts(client: aioredis.Redis, config: TrafficConfig) -> dict[
 
 async def drain(url: str, config: TrafficConfig, within: float) -> dict[str, int]:
     """Wait until wait/active/delayed/... are empty twice in a row; return what is left."""
-    client = aioredis.Redis(**redis_kwargs(url), socket_timeout=2, retry=short_retry())
+    client = redis_client(url, DRAIN)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     left: dict[str, int] = {"unknown": 1}
@@ -276,7 +270,7 @@ async def drain(url: str, config: TrafficConfig, within: float) -> dict[str, int
 
 async def failed_jobs(url: str, config: TrafficConfig) -> dict[str, str]:
     """Ids in BullMQ's failed set with their failedReason: accounted for, not lost."""
-    client = aioredis.Redis(**redis_kwargs(url), socket_timeout=5, decode_responses=True)
+    client = redis_client(url, READER)
     try:
         ids = await client.zrange(f"{config.prefix}:{config.queue}:failed", 0, -1)
         reasons = {}

@@ -9,8 +9,8 @@ slackq uses the port's public API everywhere else: what Node BullMQ documents an
 * `FetchNextWorker`: a Worker subclass overriding `getNextJob` and `processJob`, replacing its
   backend's `moveToCompleted` on the instance, calling `nextJobFromJobData` and `emit`, reading
   `closing` and `paused`.
-* `set_worker_retry`, `set_queue_retry`: the retry of the clients the port builds itself
-  (`redisConnection.conn`, `blockingRedisConnection.conn`, `Queue.client`).
+* `set_worker_retry`: the retry of the clients a Worker builds itself (`redisConnection.conn`,
+  `blockingRedisConnection.conn`). Clients slackq builds get theirs from `slackq.connection`.
 * `load_server_capabilities`: `RedisConnection.getRedisVersion` before `Worker.run()`.
 * `in_flight_jobs`: `Worker.jobs`.
 * `set_retry_delay`: the in-memory `job.opts["backoff"]` that `Job.moveToFailed` reads.
@@ -136,11 +136,6 @@ def set_worker_retry(worker: Worker, commands: Retry, blocking: Retry | None = N
     """
     worker.redisConnection.conn.set_retry(commands)
     worker.blockingRedisConnection.conn.set_retry(blocking or commands)
-
-
-def set_queue_retry(queue: Queue, retry: Retry) -> None:
-    """Give the client the port built for `queue` this retry instead of its ~350 s one."""
-    queue.client.set_retry(retry)
 
 
 async def load_server_capabilities(worker: Worker, *, eviction_checked: bool = False) -> None:

@@ -202,7 +202,7 @@ async def test_a_worker_given_a_client_uses_it_for_both_connections() -> None:
 
 
 async def test_a_queue_has_the_client_and_scripts_the_seam_uses(queue: Queue) -> None:
-    """queue_client, set_queue_retry, standard_add_calls."""
+    """queue_client, standard_add_calls."""
     assert isinstance(bullmq_seam.queue_client(queue), aioredis.Redis), (
         "slackq.bullmq_seam.queue_client would break: Queue.client is not a redis-py client")
     script = queue.scripts.commands.get("addStandardJob")
