@@ -201,6 +201,17 @@ async def test_a_worker_given_a_client_uses_it_for_both_connections() -> None:
         await worker.close()
 
 
+async def test_a_queue_given_a_client_sends_through_it() -> None:
+    """queue_client: the batcher's pipelines go through the producer's own pool."""
+    client = aioredis.Redis.from_url(DEAD_URL)
+    queue = Queue("seam", {"connection": client})
+    try:
+        assert bullmq_seam.queue_client(queue) is client, (
+            f"{SEAM_NAME}.queue_client would break: Queue.client is not the client it was given")
+    finally:
+        await queue.close()
+
+
 async def test_a_queue_has_the_client_and_scripts_the_seam_uses(queue: Queue) -> None:
     """queue_client, standard_add_calls."""
     assert isinstance(bullmq_seam.queue_client(queue), aioredis.Redis), (
