@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from harness.ledger import Ledger
 from slackq.bullmq_seam import load_server_capabilities, set_worker_retry
-from slackq.connection import Profile, RetryPolicy, bullmq_connection, redis_client
+from slackq.connection import Profile, RedisRetry, bullmq_connection, redis_client
 
 log = structlog.get_logger(__name__)
 
@@ -73,11 +73,11 @@ def plan_jobs(config: TrafficConfig, seed: int) -> list[PlannedJob]:
 
 
 # A retry measured in tenths of a second, not the port's ~350 s.
-SHORT_RETRY = RetryPolicy(2, "exponential", base=0.02, cap=0.2)
+SHORT_RETRY = RedisRetry(2, "exponential", base=0.02, cap=0.2)
 # Rides out a restart (~0.1-0.5 s of refused connections, then LOADING) in ~3 s at most. The port
 # moves a job whose processor succeeded to *failed* when `moveToFinished` raises, even for a
 # connection or LOADING error, so the workers' commands client retries a little longer.
-RESTART_RETRY = RetryPolicy(8, "exponential", base=0.05, cap=0.5)
+RESTART_RETRY = RedisRetry(8, "exponential", base=0.05, cap=0.5)
 
 # The harness's client profiles (slackq.connection explains the fields).
 PRODUCER = Profile("harness producer", socket_timeout=2.0, connect_timeout=1.0,

@@ -11,6 +11,8 @@ slackq uses the port's public API everywhere else: what Node BullMQ documents an
   `closing` and `paused`.
 * `set_worker_retry`: the retry of the clients a Worker builds itself (`redisConnection.conn`,
   `blockingRedisConnection.conn`). Clients slackq builds get theirs from `slackq.connection`.
+* `renew_locks_until_jobs_end`: the close of a Worker's `lockManager`, replaced on the instance
+  to wait for its `processing` tasks unless `forceClosing`.
 * `load_server_capabilities`: `RedisConnection.getRedisVersion` before `Worker.run()`.
 * `in_flight_jobs`: `Worker.jobs`.
 * `set_retry_delay`: the in-memory `job.opts["backoff"]` that `Job.moveToFailed` reads.
@@ -125,6 +127,32 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq ships no type inf
         if next_job is not None:
             self.emit("active", next_job, "waiting")
         return next_job
+
+
+def renew_locks_until_jobs_end(worker: Worker) -> None:
+    """Keep renewing the locks of in-flight jobs until they end, through a graceful close.
+
+    The port's `Worker.run()` returns as soon as a close stops its fetching and closes its lock
+    manager on the way out, while the jobs it started may run on for the whole grace period.
+    Their locks then lapse after `lockDuration`: another worker's stalled check hands the job
+    to a second run, and its completion fails with "Missing lock" (a job longer than
+    `WORKER_LOCK_DURATION_MS` past SIGTERM was never recorded). Node's worker closes its lock
+    manager only once its jobs are done; this makes the port do the same (replacing the close
+    of `worker.lockManager` on the instance). A forced close cancels the jobs, which ends the
+    wait.
+    """
+    lock_manager = worker.lockManager
+    close_lock_manager = lock_manager.close
+
+    async def close_after_jobs() -> None:
+        try:
+            running = [task for task in worker.processing if not task.done()]
+            if running and not worker.forceClosing:
+                await asyncio.wait(running)
+        finally:
+            await close_lock_manager()
+
+    lock_manager.close = close_after_jobs
 
 
 def set_worker_retry(worker: Worker, commands: Retry, blocking: Retry | None = None) -> None:

@@ -52,7 +52,7 @@ from slackq.pool import lean_client
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class RedisRetry:
     """How a client retries a command that failed with a connection error or a timeout (LOADING
     is a connection error too): `retries` more tries, waiting per `backoff`."""
 
@@ -77,7 +77,7 @@ class RetryPolicy:
         return SyncRetry(self._backoff(), self.retries)
 
 
-NO_RETRY = RetryPolicy()
+NO_RETRY = RedisRetry()
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class Profile:
     name: str
     socket_timeout: float | None  # None: a command may block for as long as it asks
     connect_timeout: float
-    retry: RetryPolicy | None  # None: redis-py's default, until the owner sets one
+    retry: RedisRetry | None  # None: redis-py's default, until the owner sets one
     keepalive: bool = False  # TCP keepalive (TCP connections only)
     pool_size: int | None = None  # a LeanConnectionPool of at most this many; None: redis-py's
     count_connects: bool = False  # slackq_redis_connects / _reconnects
@@ -110,17 +110,17 @@ PRODUCER = Profile("producer", socket_timeout=PRODUCER_TIMEOUT_SECONDS,
 PROBE = Profile("probe", socket_timeout=1.0, connect_timeout=1.0, retry=NO_RETRY)
 PATIENT_PROBE = PROBE.with_timeout(5.0)
 OPERATOR = Profile("operator", socket_timeout=10, connect_timeout=5,
-                   retry=RetryPolicy(1, "exponential", base=0.1, cap=0.5))
+                   retry=RedisRetry(1, "exponential", base=0.1, cap=0.5))
 COMMAND_TIMEOUT_SECONDS = 5.0
 
 
-def command_retry(lock_duration_ms: int) -> RetryPolicy:
+def command_retry(lock_duration_ms: int) -> RedisRetry:
     """Redis command retry of a worker: ~1 s apart, for about as long as a job's lock can live.
 
     The port's own (20 tries, backoff doubling to 20 s) can leave a finished job unrecorded for
     minutes after Redis is back; past the lock's life a retry cannot succeed anyway.
     """
-    return RetryPolicy(max(3, int(lock_duration_ms / 750)), "equal_jitter", base=0.05, cap=1.0)
+    return RedisRetry(max(3, int(lock_duration_ms / 750)), "equal_jitter", base=0.05, cap=1.0)
 
 
 def command_profile(lock_duration_ms: int) -> Profile:

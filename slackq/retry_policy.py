@@ -11,8 +11,9 @@ Jobs carry Node BullMQ's own option, `backoff: {type: "exponential", delay, jitt
 apply it as is. The Python port (bullmq 3.4.4) ignores `jitter` and only calls a custom strategy
 for non-builtin types, so a Python worker computes the delay itself with Node's formula
 (`backoff_delay_ms`) and hands the port that number as a `fixed` backoff for this one failure
-(`worker.runner.Dispatcher` rewrites the in-memory `job.opts["backoff"]`; the stored options stay
-Node's). Both runtimes therefore retry the same job on the same schedule, jitter included.
+(`worker.runner.Dispatcher`, through `slackq.bullmq_seam.set_retry_delay`, rewrites the in-memory
+`job.opts["backoff"]`; the stored options stay Node's). Both runtimes therefore retry the same job
+on the same schedule, jitter included.
 """
 
 from __future__ import annotations

@@ -69,6 +69,7 @@ SIGNATURES: list[tuple[str, str, list[str]]] = [
     ("standard_add_calls", "bullmq.scripts:Scripts.addStandardJob",
      ["self", "job", "timestamp", "pipe"]),
     ("set_retry_delay", "bullmq.job:Job.moveToFailed", ["self", "err", "token", "fetchNext"]),
+    ("renew_locks_until_jobs_end", "bullmq.lock_manager:LockManager.close", ["self"]),
 ]
 
 # (seam function, "module:qualified.name", text its source must contain: what the seam relies on)
@@ -87,6 +88,11 @@ SOURCE_FACTS: list[tuple[str, str, str]] = [
      "IMPORTANT! Eviction policy"),
     ("set_retry_delay", "bullmq.job:Job.moveToFailed", "self.opts.get('backoff')"),
     ("standard_add_calls", "bullmq.scripts:Scripts.addStandardJob", "args.append(timestamp)"),
+    # The lock manager's close is what run() and close() call to stop renewing locks.
+    ("renew_locks_until_jobs_end", "bullmq.worker:Worker.run", "await self.lockManager.close()"),
+    ("renew_locks_until_jobs_end", "bullmq.worker:Worker.close",
+     "await self.lockManager.close()"),
+    ("renew_locks_until_jobs_end", "bullmq.worker:Worker.close", "self.forceClosing = True"),
 ]
 
 
@@ -163,14 +169,22 @@ async def queue() -> Iterator[Queue]:
 
 
 async def test_a_worker_has_the_attributes_the_seam_uses(worker: Worker) -> None:
-    """FetchNextWorker, set_worker_retry, load_server_capabilities, in_flight_jobs."""
+    """FetchNextWorker, set_worker_retry, load_server_capabilities, in_flight_jobs,
+    renew_locks_until_jobs_end."""
     for name in ("backend", "closing", "paused", "jobs", "redisConnection",
-                 "blockingRedisConnection"):
+                 "blockingRedisConnection", "lockManager", "processing", "forceClosing"):
         assert hasattr(worker, name), (
             f"{SEAM_NAME} would break: a port Worker has no `{name}` "
-            "(FetchNextWorker, set_worker_retry, load_server_capabilities, in_flight_jobs)")
+            "(FetchNextWorker, set_worker_retry, load_server_capabilities, in_flight_jobs, "
+            "renew_locks_until_jobs_end)")
     assert worker.closing is False and worker.paused is False, (
         f"{SEAM_NAME}.FetchNextWorker would break: Worker.closing / .paused are not flags")
+    assert worker.processing == set() and worker.forceClosing is False, (
+        f"{SEAM_NAME}.renew_locks_until_jobs_end would break: Worker.processing is not a set "
+        "of tasks, or forceClosing not a flag")
+    assert inspect.iscoroutinefunction(worker.lockManager.close), (
+        f"{SEAM_NAME}.renew_locks_until_jobs_end would break: the lock manager's close is not "
+        "a coroutine")
     assert worker.jobs == set(), (
         f"{SEAM_NAME}.in_flight_jobs would break: Worker.jobs is not a set of (job, token)")
     assert inspect.iscoroutinefunction(worker.backend.moveToCompleted), (

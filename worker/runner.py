@@ -29,6 +29,7 @@ from slackq.bullmq_seam import (
     FetchNextWorker,
     in_flight_jobs,
     load_server_capabilities,
+    renew_locks_until_jobs_end,
     set_retry_delay,
     set_worker_retry,
 )
@@ -306,34 +307,6 @@ async def shutdown(worker: Worker, grace_seconds: float) -> None:
         with contextlib.suppress(Exception):
             await worker.close(force=True)
         await asyncio.gather(closing, return_exceptions=True)
-
-
-def renew_locks_until_jobs_end(worker: Worker) -> None:
-    """Keep renewing the locks of in-flight jobs until they end, through a graceful close.
-
-    The port's `Worker.run()` returns as soon as a close stops its fetching and closes its lock
-    manager on the way out, while the jobs it started may run on for the whole grace period.
-    Their locks then lapse after `lockDuration`: another worker's stalled check hands the job
-    to a second run, and its completion fails with "Missing lock" (a job longer than
-    `WORKER_LOCK_DURATION_MS` past SIGTERM was never recorded). Node's worker closes its lock
-    manager only once its jobs are done; this makes the port do the same. A forced close
-    cancels the jobs, which ends the wait.
-
-    Port internals (`Worker.lockManager`, `processing`, `forceClosing`): this belongs in the
-    port seam module (slackq/bullmq_seam.py) once it exists.
-    """
-    lock_manager = worker.lockManager
-    close_lock_manager = lock_manager.close
-
-    async def close_after_jobs() -> None:
-        try:
-            running = [task for task in worker.processing if not task.done()]
-            if running and not worker.forceClosing:
-                await asyncio.wait(running)
-        finally:
-            await close_lock_manager()
-
-    lock_manager.close = close_after_jobs
 
 
 def _stop_on_signals() -> asyncio.Event:
