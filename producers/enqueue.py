@@ -29,7 +29,7 @@ from tenacity import (
 from producers.batching import AddBatcher
 from producers.jobs import SlackJob
 from producers.metrics import observe_enqueue
-from slackq.connection import PRODUCER, PRODUCER_TIMEOUT_SECONDS, redis_client
+from slackq.connection import PRODUCER, redis_client
 from slackq.contract import JobOptions
 from slackq.errors import RedisUnavailable
 from slackq.settings import Settings
@@ -44,13 +44,21 @@ RETRYABLE: tuple[type[BaseException], ...] = (
 
 @dataclass(frozen=True)
 class EnqueuePolicy:
-    """How long one `add` may take in all, and how it retries within that time."""
+    """How long one `add` may take in all, and how it retries within that time (`WEBHOOK_*`)."""
 
-    budget_seconds: float = 2.0  # retries included; Slack gives up after 3 s
-    # Socket timeout of one Redis command (and of connecting); the PRODUCER profile's default.
-    attempt_timeout: float = PRODUCER_TIMEOUT_SECONDS
-    backoff_seconds: float = 0.02  # first wait between attempts (jittered, doubling)
-    backoff_max_seconds: float = 0.25
+    budget_seconds: float  # retries included; Slack gives up after 3 s
+    attempt_timeout: float  # socket timeout of one Redis command (and of connecting)
+    backoff_seconds: float  # first wait between attempts (jittered, doubling)
+    backoff_max_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EnqueuePolicy:
+        return cls(
+            budget_seconds=settings.webhook_enqueue_budget_seconds,
+            attempt_timeout=settings.webhook_redis_timeout_seconds,
+            backoff_seconds=settings.webhook_retry_backoff_seconds,
+            backoff_max_seconds=settings.webhook_retry_backoff_max_seconds,
+        )
 
     def retrying(self) -> AsyncRetrying:
         """A tenacity controller for one `add` (stops before a wait would overrun the budget)."""
@@ -77,7 +85,7 @@ class Enqueuer:
     """Owns the producer's BullMQ `Queue` and stores Slack jobs on it within `policy`'s budget."""
 
     def __init__(self, settings: Settings, policy: EnqueuePolicy | None = None) -> None:
-        self.policy = policy or EnqueuePolicy()
+        self.policy = policy or EnqueuePolicy.from_settings(settings)
         self._client = redis_client(settings.redis_url,
                                     PRODUCER.with_timeout(self.policy.attempt_timeout))
         self.queue = Queue(

@@ -103,7 +103,7 @@ class Profile:
 
 BLOCKING = Profile("blocking", socket_timeout=None, connect_timeout=5, retry=None,
                    keepalive=True, count_connects=True)
-PRODUCER_TIMEOUT_SECONDS = 0.5  # the webhook's EnqueuePolicy.attempt_timeout by default
+PRODUCER_TIMEOUT_SECONDS = 0.5  # the webhook sets its own: WEBHOOK_REDIS_TIMEOUT_SECONDS
 PRODUCER = Profile("producer", socket_timeout=PRODUCER_TIMEOUT_SECONDS,
                    connect_timeout=PRODUCER_TIMEOUT_SECONDS, retry=NO_RETRY,
                    keepalive=True, pool_size=64, count_connects=True)

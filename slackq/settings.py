@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slackq.errors import ConfigError
@@ -91,6 +91,21 @@ class Settings(BaseSettings):
         default="", validation_alias="SLACKQ_COMMAND_ACK_TEXT",
         description="The immediate reply to a stored slash command, shown only to the user who "
                     "ran it. Empty: Slack shows nothing.")
+    webhook_enqueue_budget_seconds: float = Field(
+        default=2.0, gt=0, le=2.9,
+        description="How long the webhook may spend storing one job, retries included, before "
+                    "it answers 503 (Slack redelivers events); Slack gives up after 3 s.")
+    webhook_redis_timeout_seconds: float = Field(
+        default=0.5, gt=0,
+        description="The webhook's timeout for one Redis command and for connecting; below the "
+                    "enqueue budget, so that a stalled attempt leaves time for a retry.")
+    webhook_retry_backoff_seconds: float = Field(
+        default=0.02, gt=0,
+        description="The webhook's first wait between attempts to store a job (jittered, "
+                    "doubling).")
+    webhook_retry_backoff_max_seconds: float = Field(
+        default=0.25, gt=0,
+        description="The longest wait between two of the webhook's attempts to store a job.")
     allow_eviction: bool = Field(
         default=False, validation_alias="SLACKQ_ALLOW_EVICTION",
         description="Development only: let the worker start on a Redis whose "
@@ -153,6 +168,13 @@ class Settings(BaseSettings):
                     "that a redelivery (Slack retries for ~6 minutes) adds nothing "
                     "(BullMQ `deduplication.ttl`).")
 
+    @model_validator(mode="after")
+    def _attempt_fits_budget(self) -> Settings:
+        if self.webhook_redis_timeout_seconds >= self.webhook_enqueue_budget_seconds:
+            raise ValueError("WEBHOOK_REDIS_TIMEOUT_SECONDS must be below "
+                             "WEBHOOK_ENQUEUE_BUDGET_SECONDS")
+        return self
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
@@ -197,7 +219,9 @@ def load_settings(*, require: tuple[str, ...] = ()) -> Settings:
         settings = Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = str(first["loc"][0]).upper() if first["loc"] else "environment"
+        if not first["loc"]:  # a check across variables; its message names them
+            raise ConfigError(f"invalid environment: {first['msg']}") from None
+        name = str(first["loc"][0]).upper()
         raise ConfigError(f"invalid environment variable {name}: {first['msg']}") from None
     for env_name in require:
         getter = {"SLACK_SIGNING_SECRET": settings.signing_secret,

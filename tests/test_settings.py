@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
+from producers.enqueue import EnqueuePolicy
 from slackq.errors import ConfigError
-from slackq.settings import load_settings
+from slackq.settings import Settings, load_settings
 from tests.processes import process_env
 
 
@@ -53,3 +54,18 @@ def test_entry_point_stops_with_one_line(module: str, variable: str) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert variable in result.stderr
+
+
+def test_an_attempt_timeout_that_leaves_no_retry_names_both_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WEBHOOK_ENQUEUE_BUDGET_SECONDS", "1")
+    monkeypatch.setenv("WEBHOOK_REDIS_TIMEOUT_SECONDS", "1")
+    with pytest.raises(ConfigError, match=r"WEBHOOK_REDIS_TIMEOUT_SECONDS.*WEBHOOK_ENQUEUE_BUDGET"):
+        load_settings()
+
+
+def test_the_webhook_policy_comes_from_the_settings() -> None:
+    settings = Settings(webhook_enqueue_budget_seconds=1.5, webhook_redis_timeout_seconds=0.2,
+                        webhook_retry_backoff_seconds=0.01, webhook_retry_backoff_max_seconds=0.1)
+    assert EnqueuePolicy.from_settings(settings) == EnqueuePolicy(1.5, 0.2, 0.01, 0.1)
