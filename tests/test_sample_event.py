@@ -12,26 +12,16 @@ import redis
 
 from harness.slack_standin import FakeSlack
 from slackq.embedded import RedisProcess, free_port
-from tests.processes import Proc, process_env, wait_http_ok
+from tests.processes import process_env
+from tests.security_support import procfile_stack
 from tests.slack_requests import BOT_TOKEN, SIGNING_SECRET
 
 
 @pytest.fixture
 def events_url(redis_server: RedisProcess, fake_slack: FakeSlack, tmp_path: Path) -> Iterator[str]:
     """The Procfile's `web` and `worker` against a real Redis and the Web API stand-in."""
-    port = free_port()
-    env = process_env(REDIS_URL=redis_server.url, SLACK_SIGNING_SECRET=SIGNING_SECRET,
-                      SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_API_URL=fake_slack.base_url,
-                      PORT=str(port))
-    web = Proc("web", env, tmp_path)
-    worker = Proc("worker", env, tmp_path)
-    try:
-        wait_http_ok(f"http://127.0.0.1:{port}/health", proc=web)
-        worker.wait_for_output("worker_started")
-        yield f"http://127.0.0.1:{port}/slack/events"
-    finally:
-        worker.stop()
-        web.stop()
+    with procfile_stack(redis_server.url, fake_slack, tmp_path) as (base, _web, _worker):
+        yield f"{base}/slack/events"
 
 
 def sample_event(
