@@ -167,12 +167,16 @@ async def test_jobs_arriving_one_at_a_time_cost_few_moves_to_active(
         await worker.close()
         await asyncio.gather(running, return_exceptions=True)
         await queue.close()
+    # Per job: the move that takes it after the marker, one that finds the queue empty, and at
+    # most one more after the marker that taking the job left behind.
+    bound = 3 * trickle + 2
     if worker_class is FetchNextWorker:
-        # Per job: the move that takes it after the marker, one that finds the queue empty, and
-        # at most one more after the marker that taking the job left behind.
-        assert len(moves) <= 3 * trickle + 2
+        assert len(moves) <= bound
     else:
-        assert len(moves) > 5 * trickle, len(moves)  # the port: several empty polls per job
+        # The control: the port's several empty polls per job break that bound. How many depends
+        # on how the slots' fetches race (89 to 400+ seen, fewer on a loaded machine), so the
+        # control asserts only that the bound would catch it.
+        assert len(moves) > bound, len(moves)
 
 
 async def test_fetching_in_turn_still_runs_jobs_concurrently_and_closes_promptly(
