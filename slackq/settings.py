@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from slackq.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+# One Slack workspace (a bot token) or many (an OAuth app's client id and secret).
+WorkspaceMode = Literal["single", "multi"]
 
 
 def usable_cpus() -> int:
@@ -37,8 +39,56 @@ class Settings(BaseSettings):
                     "with it. Required by the web process.")
     slack_bot_token: SecretStr | None = Field(
         default=None,
-        description="The bot token (`xoxb-…`) the worker calls the Slack Web API with. "
-                    "Required by the worker.")
+        description="The bot token (`xoxb-…`) the worker calls the Slack Web API with: "
+                    "single-workspace mode. Set either this or `SLACK_CLIENT_ID` + "
+                    "`SLACK_CLIENT_SECRET`; the worker needs one of them.")
+    slack_client_id: str | None = Field(
+        default=None,
+        description="Your Slack app's client id. With `SLACK_CLIENT_SECRET` (and no "
+                    "`SLACK_BOT_TOKEN`) it turns on multi-workspace mode: installs through "
+                    "`/slack/install`, one bot token per workspace (docs/multi-workspace.md).")
+    slack_client_secret: SecretStr | None = Field(
+        default=None,
+        description="Your Slack app's client secret (multi-workspace mode): exchanges install "
+                    "codes and refresh tokens with `oauth.v2.access`.")
+    slack_scopes: str = Field(
+        default="app_mentions:read,chat:write,commands",
+        description="Bot scopes asked for at install, comma-separated (multi-workspace mode).")
+    slack_user_scopes: str = Field(
+        default="",
+        description="User scopes asked for at install, comma-separated; usually none.")
+    slack_redirect_uri: str | None = Field(
+        default=None,
+        description="The OAuth redirect URL sent to Slack (`https://<host>/slack/oauth_redirect`)."
+                    " Not set: Slack uses the app's only configured redirect URL.")
+    slack_authorize_url: str = Field(
+        default="https://slack.com/oauth/v2/authorize",
+        description="Where `/slack/install` sends the browser to approve the app (tests point "
+                    "it at a stand-in).")
+    slack_install_success_url: str | None = Field(
+        default=None,
+        description="Where the browser goes after a successful install. Not set: a short "
+                    "success page.")
+    slack_token_refresh_seconds: int = Field(
+        default=7_200, ge=0, le=43_200,
+        description="With token rotation on, a bot token is refreshed when it expires within "
+                    "this many seconds (Slack's tokens live 12 hours).")
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="The installation store (multi-workspace mode): `postgresql://user:pass@host:"
+                    "port/db` (also `postgres://`, as Heroku and Railway give it) or "
+                    "`sqlite:////absolute/path.db`. `python3 dev.py run` defaults it to "
+                    "`var/slackq.db`.")
+    token_key: SecretStr | None = Field(
+        default=None, validation_alias="SLACKQ_TOKEN_KEY",
+        description="Fernet key(s) that encrypt the stored tokens, comma-separated; the first "
+                    "encrypts, all decrypt (rotate by prepending a new key, then run "
+                    "`slackq installations reencrypt`). Required in multi-workspace mode; "
+                    "`python3 dev.py run` creates one in `var/token.key`.")
+    installation_cache_seconds: float = Field(
+        default=10.0, ge=0, le=3600, validation_alias="SLACKQ_INSTALLATION_CACHE_SECONDS",
+        description="How long a worker process reuses a workspace's bot token before reading "
+                    "the installation store again. `0` reads it for every job.")
     slack_api_url: str = Field(
         default="https://slack.com/api/",
         description="Base URL of the Slack Web API. Point it at a local stand-in to run "
@@ -198,22 +248,66 @@ class Settings(BaseSettings):
         """The signing secret; the web process cannot verify anything without it."""
         return _required(self.slack_signing_secret, "SLACK_SIGNING_SECRET")
 
+    def workspace_mode(self) -> WorkspaceMode | None:
+        """`single` (a bot token), `multi` (client id + secret) or None (neither).
+
+        Raises ConfigError when both are set, or half of the client credentials.
+        """
+        token = _given(self.slack_bot_token)
+        client = {"SLACK_CLIENT_ID": bool(self.slack_client_id),
+                  "SLACK_CLIENT_SECRET": _given(self.slack_client_secret)}
+        if token and any(client.values()):
+            named = " + ".join(name for name, given in client.items() if given)
+            raise ConfigError(f"SLACK_BOT_TOKEN and {named} are set together: use SLACK_BOT_TOKEN "
+                              "for one workspace or SLACK_CLIENT_ID + SLACK_CLIENT_SECRET for "
+                              "many, not both")
+        if token:
+            return "single"
+        if all(client.values()):
+            return "multi"
+        if any(client.values()):
+            missing = next(name for name, given in client.items() if not given)
+            raise ConfigError(f"missing required environment variable {missing} "
+                              "(multi-workspace mode needs SLACK_CLIENT_ID and "
+                              "SLACK_CLIENT_SECRET)")
+        return None
+
+    def client_secret(self) -> str:
+        """The app's client secret (multi-workspace mode)."""
+        return _required(self.slack_client_secret, "SLACK_CLIENT_SECRET")
+
+    def database(self) -> str:
+        """The installation store's URL (multi-workspace mode); never log it."""
+        return _required(self.database_url, "DATABASE_URL")
+
+    def token_keys(self) -> str:
+        """The Fernet key(s) of the stored tokens (multi-workspace mode)."""
+        return _required(self.token_key, "SLACKQ_TOKEN_KEY")
+
     def bot_token(self) -> str:
         """The bot token; the worker cannot call Slack without it."""
         return _required(self.slack_bot_token, "SLACK_BOT_TOKEN")
 
 
+def _given(value: SecretStr | None) -> bool:
+    return value is not None and bool(value.get_secret_value())
+
+
 def _required(value: SecretStr | None, env_name: str) -> str:
-    if value is None or not value.get_secret_value():
+    if not _given(value):
         raise ConfigError(f"missing required environment variable {env_name}")
+    assert value is not None
     return value.get_secret_value()
 
 
-def load_settings(*, require: tuple[str, ...] = ()) -> Settings:
+def load_settings(*, require: tuple[str, ...] = (), workspace: bool = False) -> Settings:
     """Read the environment once; raise ConfigError with a one-line message naming the variable.
 
     `require` lists the variables this entry point cannot start without
-    (`SLACK_SIGNING_SECRET` for the web process, `SLACK_BOT_TOKEN` for the worker).
+    (`SLACK_SIGNING_SECRET` for the web process). `workspace`: it cannot start without a Slack
+    workspace mode either (the worker): `SLACK_BOT_TOKEN`, or `SLACK_CLIENT_ID` +
+    `SLACK_CLIENT_SECRET`. A bot token and client credentials together are always refused, and
+    multi-workspace mode needs `DATABASE_URL` and `SLACKQ_TOKEN_KEY`.
     """
     try:
         settings = Settings()
@@ -227,4 +321,11 @@ def load_settings(*, require: tuple[str, ...] = ()) -> Settings:
         getter = {"SLACK_SIGNING_SECRET": settings.signing_secret,
                   "SLACK_BOT_TOKEN": settings.bot_token}[env_name]
         getter()
+    mode = settings.workspace_mode()
+    if mode is None and workspace:
+        raise ConfigError("missing required environment variable SLACK_BOT_TOKEN (one "
+                          "workspace) or SLACK_CLIENT_ID + SLACK_CLIENT_SECRET (many)")
+    if mode == "multi":
+        settings.database()
+        settings.token_keys()
     return settings

@@ -40,7 +40,7 @@ def app_registry() -> HandlerRegistry:
 
 def main() -> int:
     try:
-        settings = load_settings(require=("SLACK_BOT_TOKEN",))
+        settings = load_settings(workspace=True)
     except ConfigError as exc:
         print(f"slackq test worker: {exc}", file=sys.stderr)
         return 2

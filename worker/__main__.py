@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def main() -> int:
     try:
-        settings = load_settings(require=("SLACK_BOT_TOKEN",))
+        settings = load_settings(workspace=True)
     except ConfigError as exc:
         print(f"slackq worker: {exc}", file=sys.stderr)
         return 2

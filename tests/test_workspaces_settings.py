@@ -1,0 +1,99 @@
+"""Workspace modes: a bot token (one workspace) or an OAuth app's client credentials (many)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from slackq.errors import ConfigError
+from slackq.run import local_store_defaults
+from slackq.settings import load_settings
+from tests.processes import process_env
+
+MULTI = {"SLACK_CLIENT_ID": "111.222", "SLACK_CLIENT_SECRET": "s3cret",
+         "DATABASE_URL": "sqlite:////tmp/x.db", "SLACKQ_TOKEN_KEY": Fernet.generate_key().decode()}
+VARIABLES = ("SLACK_BOT_TOKEN", *MULTI)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_bot_token_is_single_workspace_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1")
+    assert load_settings(workspace=True).workspace_mode() == "single"
+
+
+def test_client_credentials_are_multi_workspace_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in MULTI.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(workspace=True)
+    assert settings.workspace_mode() == "multi"
+    assert settings.slack_scopes == "app_mentions:read,chat:write,commands"
+    assert settings.slack_authorize_url == "https://slack.com/oauth/v2/authorize"
+
+
+def test_no_credentials_is_allowed_only_where_no_workspace_is_needed() -> None:
+    assert load_settings().workspace_mode() is None
+    with pytest.raises(ConfigError, match=r"SLACK_BOT_TOKEN.*SLACK_CLIENT_ID"):
+        load_settings(workspace=True)
+
+
+def test_bot_token_with_client_credentials_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1")
+    monkeypatch.setenv("SLACK_CLIENT_ID", "111.222")
+    with pytest.raises(ConfigError, match="SLACK_BOT_TOKEN and SLACK_CLIENT_ID are set together"):
+        load_settings()
+
+
+@pytest.mark.parametrize("missing", ["SLACK_CLIENT_SECRET", "DATABASE_URL", "SLACKQ_TOKEN_KEY"])
+def test_multi_mode_names_what_is_missing(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
+    for name, value in MULTI.items():
+        if name != missing:
+            monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=missing):
+        load_settings(workspace=True)
+
+
+@pytest.mark.parametrize("module", ["worker", "producers"])
+def test_both_modes_at_once_stop_each_process_with_one_line(module: str) -> None:
+    env = process_env(SLACK_SIGNING_SECRET="x", SLACK_BOT_TOKEN="xoxb-1", **MULTI)
+    result = subprocess.run([sys.executable, "-m", module], env=env, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    named = "SLACK_BOT_TOKEN and SLACK_CLIENT_ID + SLACK_CLIENT_SECRET are set together"
+    assert named in result.stderr
+    assert "xoxb-1" not in result.stderr and "s3cret" not in result.stderr
+
+
+def test_worker_with_neither_mode_stops_with_one_line() -> None:
+    result = subprocess.run([sys.executable, "-m", "worker"], env=process_env(),
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "SLACK_BOT_TOKEN" in result.stderr and "SLACK_CLIENT_ID" in result.stderr
+
+
+def test_run_command_creates_a_local_store_once(tmp_path: Path) -> None:
+    env: dict[str, str] = {}
+    local_store_defaults(env, tmp_path / "var")
+    key_file = tmp_path / "var" / "token.key"
+    assert env["DATABASE_URL"] == f"sqlite:///{tmp_path / 'var' / 'slackq.db'}"
+    assert Fernet(env["SLACKQ_TOKEN_KEY"].encode())
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    again: dict[str, str] = {}
+    local_store_defaults(again, tmp_path / "var")
+    assert again == env  # the same key on every start: the stored tokens stay readable
+    given = {"DATABASE_URL": "postgresql://db/x", "SLACKQ_TOKEN_KEY": "k"}
+    local_store_defaults(given, tmp_path / "other")
+    assert given == {"DATABASE_URL": "postgresql://db/x", "SLACKQ_TOKEN_KEY": "k"}
+    assert not (tmp_path / "other").exists()
