@@ -6,6 +6,10 @@
     slackq failed [--limit N]   failed jobs with their reasons
     slackq retry (--all | --name NAME)
     slackq clean --state STATE --age SECONDS [--limit N]
+    slackq installations        installed workspaces and their token expiry (multi-workspace
+                                mode; never a token)
+    slackq installations reencrypt
+                                re-encrypt the stored tokens with SLACKQ_TOKEN_KEY's first key
 
 Every command takes `--json` for scripts. Exit codes: 0 fine, 1 doctor found problems,
 2 configuration or connection problem (one line on stderr, never a password).
@@ -141,9 +145,41 @@ COMMANDS: dict[str, Callable[[Ops, argparse.Namespace], Awaitable[int]]] = {
 }
 
 
+def _installation_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for row in rows:
+        where = (f"org {row['enterprise_id']} ({row['enterprise_name'] or '-'})" if row["org_wide"]
+                 else f"team {row['team_id']} ({row['team_name'] or '-'})"
+                 + (f" in {row['enterprise_id']}" if row["enterprise_id"] else ""))
+        expiry = (f"token expires {row['token_expires_at']}" if row["token_expires_at"]
+                  else "token does not expire")
+        lines.append(redact(f"{where}  installed {row['installed_at']}  {expiry}"))
+    return lines or ["no installations"]
+
+
+async def cmd_installations(settings: Settings, args: argparse.Namespace) -> int:
+    from slackq.installations import list_installations, open_db, reencrypt
+
+    db = open_db(settings)
+    try:
+        if args.action == "reencrypt":
+            count = await reencrypt(db)
+            _emit(args, {"reencrypted_rows": count}, [f"re-encrypted {count} row(s)"])
+        else:
+            rows = await list_installations(db)
+            _emit(args, rows, _installation_lines(rows))
+    finally:
+        await db.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slackq", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    installations = sub.add_parser("installations")
+    installations.add_argument("action", nargs="?", choices=("list", "reencrypt"),
+                               default="list")
+    installations.add_argument("--json", action="store_true", help="machine-readable output")
     for name in COMMANDS:
         command = sub.add_parser(name)
         command.add_argument("--json", action="store_true", help="machine-readable output")
@@ -176,10 +212,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SlackqError as exc:
         print(f"slackq {args.command}: {exc}", file=sys.stderr)
         return 2
+    if args.command == "installations":
+        return _installations(settings, args)
     try:
         return asyncio.run(_run(settings, args))
     except (RedisError, OSError) as exc:
         print(f"slackq {args.command}: {describe(settings.redis_url, exc)}", file=sys.stderr)
+    return 2
+
+
+def _installations(settings: Settings, args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if settings.workspace_mode() != "multi":
+        print("slackq installations: multi-workspace mode only (SLACK_CLIENT_ID + "
+              "SLACK_CLIENT_SECRET)", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(cmd_installations(settings, args))
+    except SlackqError as exc:
+        print(f"slackq installations: {exc}", file=sys.stderr)
+    except (SQLAlchemyError, OSError) as exc:  # the URL holds a password: the type only
+        print(f"slackq installations: the database (DATABASE_URL) failed: "
+              f"{type(exc).__name__}", file=sys.stderr)
     return 2
 
 
