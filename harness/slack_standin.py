@@ -8,11 +8,19 @@ all the way round without a Slack workspace (README "Try it"):
 It speaks the wire format slack-sdk expects (`POST /api/<method>`, JSON `{"ok": ...}` bodies,
 `ok:false` errors, HTTP 429 with `Retry-After`, 5xx) and records every call it receives.
 Scripted responses are consumed per method in order; after them every call succeeds.
+
+`oauth.v2.access` works as Slack's does for a multi-workspace app: an install code from
+`grant_code()` is exchanged once for a new bot token (a rotating one, with a refresh token, when
+the grant says it expires); a refresh token is exchanged once for the next pair, and a reused one
+is answered `invalid_refresh_token` and recorded in `reused_refresh_tokens`. `token_of(call)`
+tells which token a Web API call used.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import itertools
 import json
 import sys
 import threading
@@ -41,6 +49,20 @@ class Scripted:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class Grant:
+    """What an install code grants: a workspace (or an org-wide install) and the tokens' life."""
+
+    team_id: str | None = "T0TEAM001"
+    enterprise_id: str | None = None
+    is_enterprise_install: bool = False
+    expires_in: int | None = None  # None: no token rotation
+    user_scope: str = ""
+    app_id: str = "A0APP001"
+    installer: str = "U0INSTALLER"
+    scope: str = "app_mentions:read,chat:write,commands"
+
+
 def slack_error(error: str) -> Scripted:
     return Scripted(200, {"ok": False, "error": error})
 
@@ -62,6 +84,15 @@ class FakeSlack:
         self._script: dict[str, list[Scripted]] = {}
         self._lock = threading.Lock()
         self._ts = 1_700_000_000
+        self.client_id: str | None = None  # when set, oauth.v2.access checks the credentials
+        self.client_secret: str | None = None
+        self.refresh_expires_in = 43_200  # the life of a token issued for a refresh token
+        self.issued_tokens: list[str] = []
+        self.reused_refresh_tokens: list[str] = []
+        self._codes: dict[str, Grant] = {}
+        self._refresh: dict[str, Grant] = {}
+        self._spent: set[str] = set()
+        self._serial = itertools.count(1)
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -86,6 +117,32 @@ class FakeSlack:
         with self._lock:
             self._script.setdefault(method, []).extend(answers)
 
+    def grant_code(self, grant: Grant | None = None) -> str:
+        """A one-use install code, as Slack puts it on the redirect after the user approves."""
+        with self._lock:
+            code = f"code-{next(self._serial)}"
+            self._codes[code] = grant or Grant()
+        return code
+
+    def grant_refresh_token(self, grant: Grant) -> str:
+        """A live refresh token for `grant` (for an installation a test stores itself)."""
+        with self._lock:
+            token = f"xoxe-1-refresh-{next(self._serial)}"
+            self._refresh[token] = grant
+        return token
+
+    @staticmethod
+    def token_of(call: Call) -> str | None:
+        """The token a Web API call was made with (Bearer header or `token` argument)."""
+        auth = call.headers.get("Authorization") or call.headers.get("authorization") or ""
+        if auth.startswith("Bearer "):
+            return auth[len("Bearer "):]
+        token = call.args.get("token")
+        return str(token) if token else None
+
+    def tokens_used(self, method: str) -> list[str | None]:
+        return [self.token_of(call) for call in self.calls_to(method)]
+
     def calls_to(self, method: str) -> list[Call]:
         with self._lock:
             return [c for c in self.calls if c.method == method]
@@ -109,6 +166,8 @@ class FakeSlack:
             if queued:
                 return queued.pop(0)
             self._ts += 1
+            if method == "oauth.v2.access":
+                return self._oauth(args, headers)
         if method == "chat.postMessage":
             return Scripted(200, {"ok": True, "channel": args.get("channel"),
                                   "ts": f"{self._ts}.000100",
@@ -116,6 +175,53 @@ class FakeSlack:
         if method == "auth.test":
             return Scripted(200, {"ok": True, "team_id": "T000FAKE", "user_id": "U000BOT"})
         return Scripted()
+
+    def _oauth(self, args: dict[str, Any], headers: dict[str, str]) -> Scripted:
+        """`oauth.v2.access` (under the lock): exchange a code or a refresh token, once."""
+        if self.client_id is not None and _credentials(args, headers) != (
+                self.client_id, self.client_secret):
+            return slack_error("invalid_client_id")
+        if args.get("grant_type") == "refresh_token":
+            token = str(args.get("refresh_token", ""))
+            if token in self._spent:
+                self.reused_refresh_tokens.append(token)
+                return slack_error("invalid_refresh_token")
+            grant = self._refresh.pop(token, None)
+            if grant is None:
+                return slack_error("invalid_refresh_token")
+            self._spent.add(token)
+            return Scripted(200, self._tokens(grant, self.refresh_expires_in))
+        grant = self._codes.pop(str(args.get("code", "")), None)
+        if grant is None:
+            return slack_error("invalid_code")
+        answer = self._tokens(grant, grant.expires_in)
+        answer.update({
+            "app_id": grant.app_id, "bot_user_id": "U0BOT", "is_enterprise_install":
+            grant.is_enterprise_install, "authed_user": {"id": grant.installer},
+            "team": None if grant.is_enterprise_install else {"id": grant.team_id,
+                                                              "name": f"Team {grant.team_id}"},
+            "enterprise": ({"id": grant.enterprise_id, "name": f"Org {grant.enterprise_id}"}
+                           if grant.enterprise_id else None),
+        })
+        if grant.user_scope:
+            answer["authed_user"].update({"scope": grant.user_scope, "token_type": "user",
+                                          "access_token": f"xoxp-{next(self._serial)}-user"})
+        return Scripted(200, answer)
+
+    def _tokens(self, grant: Grant, expires_in: int | None) -> dict[str, Any]:
+        owner = grant.team_id if not grant.is_enterprise_install else grant.enterprise_id
+        serial = next(self._serial)
+        answer: dict[str, Any] = {"ok": True, "token_type": "bot", "scope": grant.scope,
+                                  "app_id": grant.app_id, "bot_user_id": "U0BOT"}
+        if expires_in is None:
+            answer["access_token"] = f"xoxb-{owner}-{serial}-not-real"
+        else:
+            refresh = f"xoxe-1-refresh-{serial}"
+            self._refresh[refresh] = grant
+            answer.update({"access_token": f"xoxe.xoxb-1-{owner}-{serial}-not-real",
+                           "refresh_token": refresh, "expires_in": expires_in})
+        self.issued_tokens.append(answer["access_token"])
+        return answer
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         fake = self
@@ -141,6 +247,15 @@ class FakeSlack:
                 pass
 
         return Handler
+
+
+def _credentials(args: dict[str, Any], headers: dict[str, str]) -> tuple[Any, Any]:
+    """The client id and secret of an `oauth.v2.access` call: Basic header, else form fields."""
+    auth = headers.get("Authorization") or headers.get("authorization") or ""
+    if auth.startswith("Basic "):
+        client_id, _, secret = base64.b64decode(auth[len("Basic "):]).decode().partition(":")
+        return client_id, secret
+    return args.get("client_id"), args.get("client_secret")
 
 
 def describe(call: Call, limit: int = 120) -> str:

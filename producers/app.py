@@ -8,6 +8,8 @@ within the budget: Slack delivers it again). Routes:
   like the two endpoints below, for apps that point every Slack feature at one URL.
 * `POST /slack/commands`: slash commands (`producers.commands`).
 * `POST /slack/interactivity`: interactivity payloads (`producers.interactivity`).
+* Multi-workspace mode only: `GET /slack/install` and `GET /slack/oauth_redirect`
+  (`producers.oauth`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from producers.health import ops_routes
 from producers.interactivity import interactive_job
 from producers.jobs import Outcome, SlackJob
 from producers.metrics import ProducerMetrics
+from producers.oauth import OAuthFlow, oauth_routes
 from producers.verify import RequestVerifier
 from slackq.errors import RedisUnavailable
 from slackq.settings import Settings
@@ -169,13 +172,20 @@ async def health(_request: Request) -> Response:
 def create_app(settings: Settings, policy: EnqueuePolicy | None = None) -> Starlette:
     """The ASGI app for `settings` (the web process reads them once, in `producers.__main__`)."""
 
+    multi = settings.workspace_mode() == "multi"
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.enqueuer = Enqueuer(settings, policy)
+        if multi:
+            app.state.oauth = OAuthFlow(settings)
+            await app.state.oauth.open()
         try:
             yield
         finally:
             await app.state.enqueuer.close()
+            if multi:
+                await app.state.oauth.close()
 
     metrics = ProducerMetrics()
     app = Starlette(
@@ -185,6 +195,7 @@ def create_app(settings: Settings, policy: EnqueuePolicy | None = None) -> Starl
             Route("/slack/interactivity", slack_interactivity, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             *ops_routes(settings, metrics.registry),  # /health/redis, /metrics
+            *(oauth_routes() if multi else []),
         ],
         exception_handlers={RequestRejected: _rejected,
                             HTTPException: _http_error},

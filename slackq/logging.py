@@ -93,3 +93,6 @@ def configure_logging(log_format: str | None = None, log_level: str = "info") ->
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # slack-sdk's debug lines hold request forms (OAuth codes, refresh tokens) and whole answers
+    # (access tokens): never below INFO, whatever LOG_LEVEL says.
+    logging.getLogger("slack_sdk").setLevel(max(level, logging.INFO))
