@@ -50,6 +50,16 @@ def job_kinds() -> tuple[JobKind, ...]:
             returns='`{"channel": "C…", "ts": "1700000000.000100"}` (the reply in the thread)',
         ),
         JobKind(
+            name="`app_uninstalled`, `tokens_revoked`",
+            produced_by="`POST /slack/events`, `event_callback` (multi-workspace mode: the "
+                        "worker deletes the installation / the revoked tokens)",
+            job_id="`event_id`",
+            data=EventCallback,
+            returns='`{"uninstalled": {"enterprise_id": …, "team_id": …}}` / '
+                    '`{"revoked": {"users": 1, "bot": true}}`; in single-workspace mode '
+                    '`{"ignored": true, …}`',
+        ),
+        JobKind(
             name="`<event.type>` for every other Events API type (`message`, "
                  "`reaction_added`, …)",
             produced_by="`POST /slack/events`, `event_callback`",

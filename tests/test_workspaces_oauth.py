@@ -18,19 +18,10 @@ from slackq.embedded import RedisProcess
 from slackq.installations import open_db
 from slackq.settings import Settings
 from tests.databases import db_url, pg_database, token_key  # noqa: F401 - fixtures
-from tests.slack_requests import SIGNING_SECRET
+from tests.workspace_support import CLIENT_ID, CLIENT_SECRET, multi_settings
 
-CLIENT_ID, CLIENT_SECRET = "111.222", "oauth-secret-not-real"
 AUTHORIZE = "https://slack.example/oauth/v2/authorize"
 REDIRECT = "https://app.example/slack/oauth_redirect?x=1&y=2"
-
-
-def multi_settings(redis_url: str, api_url: str, database: str, key: str,
-                   **extra: Any) -> Settings:
-    return Settings(redis_url=redis_url, slack_signing_secret=SIGNING_SECRET,
-                    slack_client_id=CLIENT_ID, slack_client_secret=CLIENT_SECRET,
-                    slack_api_url=api_url, slack_authorize_url=AUTHORIZE, database_url=database,
-                    SLACKQ_TOKEN_KEY=key, log_format="console", **extra)
 
 
 @pytest.fixture
@@ -38,7 +29,7 @@ def oauth_settings(redis_server: RedisProcess, fake_slack: FakeSlack,
                    db_url: str) -> Settings:  # noqa: F811 - fixture
     fake_slack.client_id, fake_slack.client_secret = CLIENT_ID, CLIENT_SECRET
     return multi_settings(redis_server.url, fake_slack.base_url, db_url, token_key(),
-                          slack_redirect_uri=REDIRECT)
+                          slack_redirect_uri=REDIRECT, slack_authorize_url=AUTHORIZE)
 
 
 @asynccontextmanager

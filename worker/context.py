@@ -4,16 +4,23 @@ recorded (so a re-run after a crash skips what already happened)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slack_sdk.web.async_client import AsyncWebClient
 from structlog.typing import FilteringBoundLogger
 
 from slackq.models import Envelope
 from worker.effects import EffectLog
-from worker.errors import SlackRateLimited, WorkerError
+from worker.errors import SlackPermanentError, SlackRateLimited, WorkerError
 from worker.limiter import Limiter
 from worker.slack import call_slack, refused
+
+if TYPE_CHECKING:
+    from worker.tokens import WorkspaceTokens
+
+# Slack's answers that a token is no longer good: the cached one is dropped at once.
+DEAD_TOKEN_ERRORS = frozenset({"invalid_auth", "token_revoked", "token_expired",
+                               "account_inactive", "not_authed"})
 
 # Calls that post into a channel and therefore count against Slack's per-channel pace.
 PACED_METHODS = frozenset({
@@ -32,6 +39,9 @@ class JobSlack:
     log: FilteringBoundLogger
     limiter: Limiter | None = None
     effects: EffectLog | None = None
+    # Multi-workspace mode: the token comes from the envelope's installation, per call.
+    tokens: WorkspaceTokens | None = None
+    envelope: Envelope | None = None
 
     async def call(
         self, method: str, *, effect: str | None = None, **params: Any
@@ -48,13 +58,14 @@ class JobSlack:
             if done is not None:
                 self.log.info("slack_effect_skipped", effect=name, recorded=done)
                 return {"ok": True, **done, "skipped": True}
+        token = await self._token()  # before any pacing: no installation, no Slack call
         channel = params.get("channel")
         if self.limiter is not None and method in PACED_METHODS and isinstance(channel, str):
             await self.limiter.acquire(self.team_id, channel, self.job_id)
         if self.effects is not None and await self.effects.begin(self.job_id, name):
             self.log.warning("slack_effect_possible_duplicate", effect=name)
         try:
-            result = await call_slack(self.client, method, params)
+            result = await call_slack(self.client, method, params, token)
         except WorkerError as exc:
             await self._after_error(exc, name, channel)
             raise
@@ -62,7 +73,15 @@ class JobSlack:
             await self.effects.record(self.job_id, name, result)
         return result
 
+    async def _token(self) -> str | None:
+        if self.tokens is None or self.envelope is None:
+            return None  # single-workspace mode: the client's own token
+        return await self.tokens.token_for(self.envelope)
+
     async def _after_error(self, error: WorkerError, name: str, channel: Any) -> None:
+        if (isinstance(error, SlackPermanentError) and error.code in DEAD_TOKEN_ERRORS
+                and self.tokens is not None and self.envelope is not None):
+            self.tokens.forget(self.envelope)
         if self.effects is not None and refused(error):
             await self.effects.abandon(self.job_id, name)  # Slack did not do it: no duplicate risk
         if isinstance(error, SlackRateLimited) and self.limiter is not None and isinstance(
@@ -81,6 +100,8 @@ class JobContext:
     slack: JobSlack
     log: FilteringBoundLogger
     envelope: Envelope | None = field(default=None)
+    # Multi-workspace mode: the installation store (the uninstall handlers change it).
+    workspaces: WorkspaceTokens | None = field(default=None)
 
     @property
     def event(self) -> dict[str, Any]:

@@ -34,6 +34,12 @@ class InvalidPayload(PermanentError):
     code = "invalid_payload"
 
 
+class NoInstallation(PermanentError):
+    """Multi-workspace mode: the job's workspace has not installed the app (or uninstalled it)."""
+
+    code = "no_installation"
+
+
 class SlackPermanentError(PermanentError):
     """Slack answered `ok: false` with an error that will not change on retry."""
 

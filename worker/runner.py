@@ -16,7 +16,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -46,6 +46,9 @@ from worker.pool import worker_connection
 from worker.registry import HandlerRegistry
 from worker.retry import defer_delay_ms
 from worker.slack import make_client
+
+if TYPE_CHECKING:
+    from worker.tokens import WorkspaceTokens
 
 log = structlog.get_logger(__name__)
 
@@ -92,12 +95,14 @@ class Dispatcher:
         limiter: Limiter | None = None,
         effects: EffectLog | None = None,
         rand: Callable[[], float] = random.random,
+        tokens: WorkspaceTokens | None = None,
     ) -> None:
         self.registry = registry
         self.slack = slack
         self.limiter = limiter
         self.effects = effects
         self.rand = rand
+        self.tokens = tokens  # multi-workspace mode: a token per installation
 
     async def __call__(self, job: Job, token: str) -> Any:
         data = job.data if isinstance(job.data, dict) else {"payload": job.data}
@@ -126,10 +131,11 @@ class Dispatcher:
     def _context(self, job: Job, data: dict[str, Any], envelope: Envelope,
                  bound: FilteringBoundLogger) -> JobContext:
         team_id = team_of(envelope) or "-"
-        slack = JobSlack(self.slack, str(job.id), team_id, bound, self.limiter, self.effects)
+        slack = JobSlack(self.slack, str(job.id), team_id, bound, self.limiter, self.effects,
+                         self.tokens, envelope)
         return JobContext(
             name=job.name, job_id=str(job.id), attempt=job.attemptsMade + 1,
-            data=data, slack=slack, log=bound, envelope=envelope,
+            data=data, slack=slack, log=bound, envelope=envelope, workspaces=self.tokens,
         )
 
     async def _defer(
@@ -225,6 +231,7 @@ class WorkerRuntime:
     run_task: asyncio.Task[Any]
     client: aioredis.Redis
     grace_seconds: float
+    tokens: WorkspaceTokens | None = None
 
     async def stop(self) -> float:
         """Graceful shutdown; returns the seconds it took."""
@@ -232,6 +239,8 @@ class WorkerRuntime:
         await shutdown(self.worker, self.grace_seconds)
         await asyncio.gather(self.run_task, return_exceptions=True)
         await self.client.aclose()
+        if self.tokens is not None:
+            await self.tokens.close()
         return time.monotonic() - started
 
 
@@ -254,11 +263,27 @@ async def _start(settings: Settings, registry: HandlerRegistry, options: WorkerO
     if policy != "noeviction":
         log.warning("redis_eviction_allowed", maxmemory_policy=policy,
                     reason="SLACKQ_ALLOW_EVICTION=1; jobs may be evicted (development only)")
+    tokens = None
+    if settings.workspace_mode() == "multi":
+        from worker.tokens import open_workspace_tokens  # the database, in this mode only
+
+        tokens = await open_workspace_tokens(settings, client)
+    try:
+        return await _start_worker(settings, registry, options, client, tokens)
+    except BaseException:
+        if tokens is not None:
+            await tokens.close()
+        raise
+
+
+async def _start_worker(settings: Settings, registry: HandlerRegistry, options: WorkerOptions,
+                        client: aioredis.Redis, tokens: WorkspaceTokens | None) -> WorkerRuntime:
     dispatcher = Dispatcher(
         registry,
-        make_client(settings.bot_token(), settings.slack_api_url),
+        make_client(None if tokens else settings.bot_token(), settings.slack_api_url),
         limiter=Limiter(client, settings.queue_prefix, settings.queue_name, options.limits),
         effects=EffectLog(client, settings.queue_prefix, settings.queue_name),
+        tokens=tokens,
     )
     worker = build_worker(settings, dispatcher, options)
     renew_locks_until_jobs_end(worker)
@@ -272,10 +297,11 @@ async def _start(settings: Settings, registry: HandlerRegistry, options: WorkerO
         raise
     run_task = asyncio.create_task(worker.run(), name="bullmq-worker")
     log.info("worker_started", queue=settings.queue_name, handlers=registry.names(),
+             workspaces="many" if tokens else "one",
              concurrency=settings.worker_concurrency, lock_duration_ms=options.lock_duration_ms,
              stalled_interval_ms=options.stalled_interval_ms,
              run_retry_delay_ms=options.run_retry_delay_ms)
-    return WorkerRuntime(worker, run_task, client, options.grace_seconds)
+    return WorkerRuntime(worker, run_task, client, options.grace_seconds, tokens)
 
 
 async def run_worker(

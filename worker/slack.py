@@ -30,8 +30,11 @@ from worker.retry import is_permanent_slack_error, retry_after_seconds
 CALL_TIMEOUT_SECONDS = 10
 
 
-def make_client(token: str, base_url: str) -> AsyncWebClient:
-    """The worker's Web API client: short timeout, one in-call retry on connection errors."""
+def make_client(token: str | None, base_url: str) -> AsyncWebClient:
+    """The worker's Web API client: short timeout, one in-call retry on connection errors.
+
+    Without a token (multi-workspace mode) each call names its own (`call_slack(token=...)`).
+    """
     return InstrumentedWebClient(  # counts outcomes by method and error code
         token=token,
         base_url=base_url,
@@ -73,10 +76,15 @@ def refused(error: WorkerError) -> bool:
     return isinstance(error, SlackTransientError) and error.refused
 
 
-async def call_slack(client: AsyncWebClient, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Call `method` with JSON `params`; return the answer's data or raise a `WorkerError`."""
+async def call_slack(client: AsyncWebClient, method: str, params: dict[str, Any],
+                     token: str | None = None) -> dict[str, Any]:
+    """Call `method` with JSON `params`; return the answer's data or raise a `WorkerError`.
+
+    `token` overrides the client's: slack-sdk moves a JSON body's `token` into the Bearer header.
+    """
+    body = {**params, "token": token} if token is not None else params
     try:
-        response = await client.api_call(method, json=params)
+        response = await client.api_call(method, json=body)
     except SlackApiError as exc:
         raise convert_api_error(exc, method) from exc
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:

@@ -1,0 +1,241 @@
+"""Which bot token a job calls Slack with, in multi-workspace mode.
+
+The installation is the one the envelope was delivered for: `authorizations[0]` of an event
+(Bolt's rule: it beats the top-level ids in shared channels), the team/enterprise of a command or
+an interaction. An org-wide install is found by its enterprise id (`team_id` None).
+
+Bot tokens are cached per process for `SLACKQ_INSTALLATION_CACHE_SECONDS`. With token rotation
+on, a token due to expire within `SLACK_TOKEN_REFRESH_SECONDS` is refreshed under a Redis lock
+(one refresher per installation across all worker processes; Slack's refresh tokens are
+single-use): the lock holder re-reads the store, refreshes only if it is still due, and saves;
+the others wait for the lock, re-read, and find the new token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import LockError, RedisError
+from slack_sdk.errors import SlackClientError, SlackTokenRotationError
+from slack_sdk.oauth.installation_store import Bot
+from slack_sdk.oauth.token_rotation.async_rotator import AsyncTokenRotator
+from sqlalchemy.exc import SQLAlchemyError
+
+from slackq.installations import InstallationDb, StoreError, open_db
+from slackq.models import Envelope, EventCallback, InteractionPayload, SlashCommand
+from slackq.settings import Settings
+from slackq.slack_oauth import OAuthClient
+from worker.errors import (
+    NoInstallation,
+    RedisTransientError,
+    SlackPermanentError,
+    SlackTransientError,
+    TransientError,
+)
+
+log = structlog.get_logger(__name__)
+
+# The lock outlives one oauth.v2.access call (10 s timeout) plus the save; a waiter gives up
+# (the job is retried with backoff) well within a job's lock.
+LOCK_SECONDS = 30
+LOCK_WAIT_SECONDS = 15
+# oauth.v2.access answers that no retry fixes: the installation must be made again.
+PERMANENT_REFRESH_ERRORS = frozenset({
+    "invalid_refresh_token", "invalid_client_id", "bad_client_secret", "invalid_grant_type",
+    "token_revoked", "app_uninstalled", "invalid_auth",
+})
+
+Key = tuple[str | None, str | None]  # (enterprise_id, team_id); team None: org-wide install
+
+
+def installation_key(envelope: Envelope) -> Key:
+    """The installation an envelope was delivered for: (enterprise id, team id or None)."""
+    enterprise: str | None
+    team: str | None
+    if isinstance(envelope, EventCallback):
+        auth = envelope.authorizations[0] if envelope.authorizations else None
+        if auth is not None:
+            enterprise = auth.enterprise_id or envelope.enterprise_id
+            team, org = auth.team_id, bool(auth.is_enterprise_install)
+        else:
+            enterprise, team, org = envelope.enterprise_id, envelope.team_id, False
+    elif isinstance(envelope, SlashCommand):
+        enterprise, team = envelope.enterprise_id, envelope.team_id
+        org = str(envelope.is_enterprise_install).lower() == "true"
+    else:
+        enterprise, team, org = _interaction_ids(envelope)
+    return enterprise, (None if org else team)
+
+
+def _interaction_ids(payload: InteractionPayload) -> tuple[str | None, str | None, bool]:
+    team_extra = payload.team.model_extra or {} if payload.team else {}
+    enterprise = (payload.enterprise or {}).get("id") or team_extra.get("enterprise_id")
+    view = payload.view or {}
+    team = (view.get("app_installed_team_id") or (payload.team.id if payload.team else None)
+            or payload.user.team_id)
+    return enterprise, team, bool(payload.is_enterprise_install)
+
+
+@dataclass
+class _Cached:
+    bot: Bot
+    until: float  # time.monotonic()
+
+
+class WorkspaceTokens:
+    """Bot tokens by installation: cached, refreshed ahead of expiry, forgotten on uninstall."""
+
+    def __init__(self, db: InstallationDb, rotator: AsyncTokenRotator, redis: aioredis.Redis,
+                 *, lock_prefix: str, cache_seconds: float, refresh_seconds: int) -> None:
+        self.db = db
+        self.store = db.installations
+        self.rotator = rotator
+        self.redis = redis
+        self.lock_prefix = lock_prefix
+        self.cache_seconds = cache_seconds
+        self.refresh_seconds = refresh_seconds
+        self._cache: dict[Key, _Cached] = {}
+
+    async def token_for(self, envelope: Envelope) -> str:
+        """The bot token of the envelope's installation; `NoInstallation` when there is none."""
+        key = installation_key(envelope)
+        bot = await self._bot(key)
+        if self._due(bot):
+            bot = await self._refresh(key)
+        assert bot.bot_token is not None  # find_bot only returns rows with one
+        return bot.bot_token
+
+    def forget(self, what: Key | Envelope) -> None:
+        """Drop the cached token of an installation or an envelope's (uninstalled, revoked, or
+        refused by Slack)."""
+        key = what if isinstance(what, tuple) else installation_key(what)
+        self._cache.pop(key, None)
+
+    async def uninstall(self, envelope: Envelope) -> Key:
+        """`app_uninstalled`: every installation and bot of the workspace (or org) goes."""
+        key = installation_key(envelope)
+        await self._write(self.store.async_delete_all(enterprise_id=key[0], team_id=key[1]))
+        self.forget(key)
+        return key
+
+    async def revoke(self, envelope: Envelope, *, user_ids: list[str], bot: bool) -> Key:
+        """`tokens_revoked`: the listed users' installations, and the bot when listed."""
+        key = installation_key(envelope)
+        for user_id in user_ids:
+            await self._write(self.store.async_delete_installation(
+                enterprise_id=key[0], team_id=key[1], user_id=user_id))
+        if bot:
+            await self._write(self.store.async_delete_bot(enterprise_id=key[0], team_id=key[1]))
+        self.forget(key)
+        return key
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    def _due(self, bot: Bot) -> bool:
+        expires_at = bot.bot_token_expires_at
+        return (bot.bot_refresh_token is not None and expires_at is not None
+                and expires_at <= time.time() + self.refresh_seconds)
+
+    async def _bot(self, key: Key, *, fresh: bool = False) -> Bot:
+        cached = self._cache.get(key)
+        if cached is not None and not fresh and cached.until > time.monotonic():
+            return cached.bot
+        try:
+            bot = await self.store.async_find_bot(enterprise_id=key[0], team_id=key[1],
+                                                  is_enterprise_install=key[1] is None)
+        except (SQLAlchemyError, OSError, StoreError) as exc:
+            raise TransientError(f"installation store: {_reason(exc)}") from exc
+        if bot is None or not bot.bot_token:
+            self.forget(key)
+            raise NoInstallation(f"enterprise {key[0] or '-'} team {key[1] or '-'}")
+        self._remember(key, bot)
+        return bot
+
+    def _remember(self, key: Key, bot: Bot) -> None:
+        if self.cache_seconds > 0:
+            self._cache[key] = _Cached(bot, time.monotonic() + self.cache_seconds)
+
+    async def _refresh(self, key: Key) -> Bot:
+        """Refresh the token of `key` once across all processes; the current bot after it."""
+        name = f"{self.lock_prefix}:slackq:token-refresh:{key[0] or '-'}:{key[1] or '-'}"
+        lock = self.redis.lock(name, timeout=LOCK_SECONDS, blocking_timeout=LOCK_WAIT_SECONDS)
+        try:
+            acquired = await lock.acquire()
+        except RedisError as exc:
+            raise RedisTransientError(f"token refresh lock: {type(exc).__name__}") from exc
+        if not acquired:
+            raise TransientError("token refresh: another process held the lock too long")
+        try:
+            bot = await self._bot(key, fresh=True)  # another process may have refreshed it
+            if not self._due(bot):
+                return bot
+            refreshed = await self._rotate(bot)
+            try:
+                await self.store.async_save_bot(refreshed)
+            except (SQLAlchemyError, OSError, StoreError) as exc:
+                # The old refresh token is spent: the installation must be made again.
+                log.error("token_refresh_not_saved", enterprise_id=key[0], team_id=key[1],
+                          error=_reason(exc))
+                raise TransientError(f"saving a refreshed token: {_reason(exc)}") from exc
+            self._remember(key, refreshed)
+            log.info("token_refreshed", enterprise_id=key[0], team_id=key[1],
+                     expires_at=refreshed.bot_token_expires_at)
+            return refreshed
+        finally:
+            with contextlib.suppress(LockError, RedisError):
+                await lock.release()
+
+    async def _rotate(self, bot: Bot) -> Bot:
+        # The rotator decides in whole minutes: ask it for at least our margin.
+        minutes = math.ceil(self.refresh_seconds / 60) + 1
+        try:
+            refreshed = await self.rotator.perform_bot_token_rotation(
+                bot=bot, minutes_before_expiration=minutes)
+        except SlackTokenRotationError as exc:
+            code = str(exc.api_error.response.get("error", "error"))
+            if code in PERMANENT_REFRESH_ERRORS:
+                raise SlackPermanentError(code, "oauth.v2.access") from exc
+            raise SlackTransientError(code, "oauth.v2.access") from exc
+        except (SlackClientError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise SlackTransientError(type(exc).__name__, "oauth.v2.access") from exc
+        if refreshed is None:
+            raise SlackTransientError("no bot token in the answer", "oauth.v2.access")
+        return refreshed
+
+    @staticmethod
+    async def _write(awaitable: Awaitable[Any]) -> None:
+        try:
+            await awaitable
+        except (SQLAlchemyError, OSError) as exc:
+            raise TransientError(f"installation store: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    # A database error's text may quote the statement's parameters (tokens): the type only.
+    return str(exc) if isinstance(exc, StoreError) else type(exc).__name__
+
+
+async def open_workspace_tokens(settings: Settings, redis: aioredis.Redis) -> WorkspaceTokens:
+    """The installation store and token rotation of a worker process (multi-workspace mode)."""
+    assert settings.slack_client_id is not None
+    db = open_db(settings)
+    try:
+        await db.create_tables()
+    except BaseException:
+        await db.close()
+        raise
+    rotator = AsyncTokenRotator(client_id=settings.slack_client_id,
+                                client_secret=settings.client_secret(),
+                                client=OAuthClient(settings.slack_api_url))
+    return WorkspaceTokens(db, rotator, redis, lock_prefix=settings.queue_prefix,
+                           cache_seconds=settings.installation_cache_seconds,
+                           refresh_seconds=settings.slack_token_refresh_seconds)
