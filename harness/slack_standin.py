@@ -87,6 +87,7 @@ class FakeSlack:
         self.client_id: str | None = None  # when set, oauth.v2.access checks the credentials
         self.client_secret: str | None = None
         self.refresh_expires_in = 43_200  # the life of a token issued for a refresh token
+        self.oauth_delay = 0.0  # seconds oauth.v2.access takes to answer (a slow Slack)
         self.issued_tokens: list[str] = []
         self.reused_refresh_tokens: list[str] = []
         self._codes: dict[str, Grant] = {}
@@ -234,6 +235,8 @@ class FakeSlack:
                 args = json.loads(raw or "{}") if "json" in ctype else dict(parse_qsl(raw))
                 method = self.path.rsplit("/", 1)[-1]
                 answer = fake._answer(method, args, dict(self.headers))
+                if method == "oauth.v2.access" and fake.oauth_delay:
+                    time.sleep(fake.oauth_delay)  # this request's thread only
                 body = json.dumps(answer.body).encode()
                 self.send_response(answer.status)
                 self.send_header("Content-Type", "application/json; charset=utf-8")

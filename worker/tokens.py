@@ -47,6 +47,7 @@ log = structlog.get_logger(__name__)
 # (the job is retried with backoff) well within a job's lock.
 LOCK_SECONDS = 30
 LOCK_WAIT_SECONDS = 15
+LOCK_POLL_SECONDS = 0.05  # how often a waiter tries the lock (redis-py polls; no pub/sub)
 # oauth.v2.access answers that no retry fixes: the installation must be made again.
 PERMANENT_REFRESH_ERRORS = frozenset({
     "invalid_refresh_token", "invalid_client_id", "bad_client_secret", "invalid_grant_type",
@@ -167,7 +168,8 @@ class WorkspaceTokens:
     async def _refresh(self, key: Key) -> Bot:
         """Refresh the token of `key` once across all processes; the current bot after it."""
         name = f"{self.lock_prefix}:slackq:token-refresh:{key[0] or '-'}:{key[1] or '-'}"
-        lock = self.redis.lock(name, timeout=LOCK_SECONDS, blocking_timeout=LOCK_WAIT_SECONDS)
+        lock = self.redis.lock(name, timeout=LOCK_SECONDS, sleep=LOCK_POLL_SECONDS,
+                               blocking_timeout=LOCK_WAIT_SECONDS)
         try:
             acquired = await lock.acquire()
         except RedisError as exc:
