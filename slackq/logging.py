@@ -20,6 +20,8 @@ import structlog
 _TOKEN = re.compile(r"xox[a-z]-[0-9A-Za-z-]+|xapp-[0-9A-Za-z-]+")
 _URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)[^@\s]+@")
 _QUERY_PASSWORD = re.compile(r"(password=)[^&\s'\"]+", re.IGNORECASE)
+_QUIET_LOGGERS = {"sqlalchemy": logging.WARNING, "aiosqlite": logging.INFO,
+                  "asyncpg": logging.INFO}
 _REDACT_KEYS = frozenset({"token", "password", "signing_secret", "secret", "authorization"})
 
 
@@ -93,6 +95,8 @@ def configure_logging(log_format: str | None = None, log_level: str = "info") ->
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # slack-sdk's debug lines hold request forms (OAuth codes, refresh tokens) and whole answers
-    # (access tokens): never below INFO, whatever LOG_LEVEL says.
-    logging.getLogger("slack_sdk").setLevel(max(level, logging.INFO))
+    # Loggers whose chatty levels print secrets, whatever LOG_LEVEL says: SQLAlchemy's info lines
+    # and aiosqlite's debug lines hold statements' parameters (OAuth states, stored tokens).
+    # slack-sdk's OAuth client has its own quiet logger (slackq/slack_oauth.py).
+    for name, floor in _QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(max(level, floor))
