@@ -8,16 +8,17 @@ import sys
 import uvicorn
 
 from producers.app import create_app
-from slackq.errors import ConfigError, RedisMisconfigured
+from slackq.errors import ConfigError, RedisMisconfigured, StoreError
 from slackq.logging import configure_logging
-from slackq.preflight import check_credentials
+from slackq.preflight import check_credentials, check_store_sync
 from slackq.settings import load_settings
 
 
 def main() -> int:
     try:
         settings = load_settings(require=("SLACK_SIGNING_SECRET",))
-    except ConfigError as exc:
+        check_store_sync(settings)  # multi-workspace mode: the database and the token key
+    except (ConfigError, StoreError) as exc:
         print(f"slackq web: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)

@@ -162,6 +162,7 @@ async def cmd_installations(settings: Settings, args: argparse.Namespace) -> int
 
     db = open_db(settings)
     try:
+        await db.create_tables()  # a store nobody has installed into yet lists nothing
         if args.action == "reencrypt":
             count = await reencrypt(db)
             _emit(args, {"reencrypted_rows": count}, [f"re-encrypted {count} row(s)"])

@@ -19,3 +19,8 @@ class RedisMisconfigured(SlackqError):
 
 class RedisAuthFailed(RedisMisconfigured):
     """Redis refused the credentials or the TLS handshake of `REDIS_URL`: retrying cannot help."""
+
+
+class StoreError(SlackqError):
+    """The installation store (multi-workspace mode) could not be read or written: the database
+    is down, or `SLACKQ_TOKEN_KEY` cannot decrypt what it holds."""

@@ -28,16 +28,12 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from slackq.errors import ConfigError, SlackqError
+from slackq.errors import ConfigError, StoreError
 from slackq.settings import Settings
 
 TOKEN_COLUMNS = ("bot_token", "bot_refresh_token", "user_token", "user_refresh_token",
                  "incoming_webhook_url")
 STATE_SECONDS = 600  # an install must finish within 10 minutes of /slack/install
-
-
-class StoreError(SlackqError):
-    """The installation store could not be read or written (database down, wrong key)."""
 
 
 def async_db_url(raw: str) -> URL:
@@ -199,6 +195,29 @@ def open_db(settings: Settings) -> InstallationDb:
         states=AtomicStateStore(expiration_seconds=STATE_SECONDS, engine=engine),
         fernet=fernet,
     )
+
+
+async def check_store(settings: Settings) -> None:
+    """Start-up check of multi-workspace mode: the database answers, the tables exist (created
+    if not), and `SLACKQ_TOKEN_KEY` decrypts a stored token. Raises ConfigError or StoreError
+    with one line that names the variable and never holds the URL."""
+    db = open_db(settings)
+    try:
+        await db.create_tables()
+        async with db.engine.connect() as conn:
+            (await conn.execute(select(db.installations.bots.c.bot_token).limit(1))).first()
+    except (SQLAlchemyError, OSError) as exc:
+        raise StoreError(f"the installation store (DATABASE_URL) failed: {type(exc).__name__}"
+                         f"{_cause(exc)}") from None
+    finally:
+        await db.close()
+
+
+def _cause(exc: BaseException) -> str:
+    """The driver's error type (e.g. `ConnectionRefusedError`, `InvalidPasswordError`): it says
+    what went wrong without the message, which may quote the URL or a statement's values."""
+    cause = getattr(exc, "orig", None) or exc.__cause__
+    return f" ({type(cause).__name__})" if cause is not None else ""
 
 
 def _iso(value: datetime | None) -> str | None:

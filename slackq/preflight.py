@@ -8,6 +8,7 @@ recover once it answers.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
@@ -15,6 +16,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError, RedisError,
 from slackq.connection import PATIENT_PROBE, redis_client, redis_kwargs
 from slackq.errors import RedisAuthFailed
 from slackq.logging import redact
+from slackq.settings import Settings
 
 
 def redis_location(url: str) -> str:
@@ -70,3 +72,12 @@ async def check_credentials(url: str, *,
     finally:
         await client.aclose()
     return True
+
+
+def check_store_sync(settings: Settings) -> None:
+    """Multi-workspace mode: stop at start-up, in one line (ConfigError / StoreError), when the
+    installation store's database or `SLACKQ_TOKEN_KEY` does not work."""
+    if settings.workspace_mode() == "multi":
+        from slackq.installations import check_store  # SQLAlchemy: in this mode only
+
+        asyncio.run(check_store(settings))

@@ -97,3 +97,46 @@ def test_run_command_creates_a_local_store_once(tmp_path: Path) -> None:
     local_store_defaults(given, tmp_path / "other")
     assert given == {"DATABASE_URL": "postgresql://db/x", "SLACKQ_TOKEN_KEY": "k"}
     assert not (tmp_path / "other").exists()
+
+
+def _start(module: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module], capture_output=True, text=True,
+                          timeout=60, env=process_env(SLACK_SIGNING_SECRET="x", **{**MULTI, **env}))
+
+
+@pytest.mark.parametrize("module", ["worker", "producers"])
+def test_a_malformed_token_key_stops_start_up_with_one_line(module: str, tmp_path: Path) -> None:
+    result = _start(module, DATABASE_URL=f"sqlite:///{tmp_path / 's.db'}",
+                    SLACKQ_TOKEN_KEY="not-a-fernet-key")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "SLACKQ_TOKEN_KEY" in result.stderr and "not-a-fernet-key" not in result.stderr
+
+
+def test_an_unreachable_database_stops_start_up_without_its_password() -> None:
+    from slackq.embedded import free_port
+
+    url = f"postgresql://slackq:hunter2-secret@127.0.0.1:{free_port()}/slackq"
+    result = _start("worker", DATABASE_URL=url)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "DATABASE_URL" in result.stderr and "hunter2" not in result.stderr
+
+
+async def test_a_key_that_cannot_read_the_stored_tokens_stops_start_up(tmp_path: Path) -> None:
+    from slack_sdk.oauth.installation_store import Installation
+
+    from slackq.installations import open_db
+    from slackq.settings import Settings
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    db = open_db(Settings(slack_client_id="111.222", slack_client_secret="s", database_url=url,
+                          SLACKQ_TOKEN_KEY=Fernet.generate_key().decode()))
+    await db.create_tables()
+    await db.installations.async_save(Installation(app_id="A", team_id="T1", bot_token="xoxb-1",
+                                                   bot_id="B", bot_user_id="U", user_id="U1"))
+    await db.close()
+    result = _start("producers", DATABASE_URL=url)  # MULTI's key is another one
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "cannot be decrypted with SLACKQ_TOKEN_KEY" in result.stderr

@@ -16,10 +16,9 @@ from cryptography.fernet import Fernet
 from slack_sdk.oauth.installation_store import Installation
 from sqlalchemy import text
 
-from slackq.errors import ConfigError
+from slackq.errors import ConfigError, StoreError
 from slackq.installations import (
     InstallationDb,
-    StoreError,
     async_db_url,
     list_installations,
     open_db,

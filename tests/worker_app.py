@@ -15,8 +15,9 @@ import os
 import sys
 from typing import Any
 
-from slackq.errors import ConfigError
+from slackq.errors import ConfigError, StoreError
 from slackq.logging import configure_logging
+from slackq.preflight import check_store_sync
 from slackq.settings import load_settings
 from worker.__main__ import run_dyno
 from worker.handlers import default_registry, reply_to_mention
@@ -41,7 +42,8 @@ def app_registry() -> HandlerRegistry:
 def main() -> int:
     try:
         settings = load_settings(workspace=True)
-    except ConfigError as exc:
+        check_store_sync(settings)
+    except (ConfigError, StoreError) as exc:
         print(f"slackq test worker: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)

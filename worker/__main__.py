@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from slackq.errors import ConfigError, RedisMisconfigured
+from slackq.errors import ConfigError, RedisMisconfigured, StoreError
 from slackq.logging import configure_logging
 from slackq.settings import Settings, load_settings
 
@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 def main() -> int:
     try:
         settings = load_settings(workspace=True)
-    except ConfigError as exc:
+        if settings.workspace_mode() == "multi":  # the database and the token key
+            from slackq.preflight import check_store_sync
+
+            check_store_sync(settings)
+    except (ConfigError, StoreError) as exc:
         print(f"slackq worker: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)

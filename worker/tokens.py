@@ -29,7 +29,8 @@ from slack_sdk.oauth.installation_store import Bot
 from slack_sdk.oauth.token_rotation.async_rotator import AsyncTokenRotator
 from sqlalchemy.exc import SQLAlchemyError
 
-from slackq.installations import InstallationDb, StoreError, open_db
+from slackq.errors import StoreError
+from slackq.installations import InstallationDb, open_db
 from slackq.models import Envelope, EventCallback, InteractionPayload, SlashCommand
 from slackq.settings import Settings
 from slackq.slack_oauth import OAuthClient
