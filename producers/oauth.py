@@ -25,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from slackq.installations import STATE_SECONDS, InstallationDb, StoreError, open_db
+from slackq.errors import StoreError
+from slackq.installations import STATE_SECONDS, InstallationDb, open_db
 from slackq.settings import Settings
 from slackq.slack_oauth import OAuthClient, installation_from
 
