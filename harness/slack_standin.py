@@ -13,7 +13,10 @@ Scripted responses are consumed per method in order; after them every call succe
 `grant_code()` is exchanged once for a new bot token (a rotating one, with a refresh token, when
 the grant says it expires); a refresh token is exchanged once for the next pair, and a reused one
 is answered `invalid_refresh_token` and recorded in `reused_refresh_tokens`. `token_of(call)`
-tells which token a Web API call used.
+tells which token a Web API call used. `GET /oauth/v2/authorize` plays Slack's approval page: it
+approves at once (the next of `pending_grants`, else a default workspace) and redirects the
+browser to the `redirect_uri` with a fresh code and the `state`, so `/slack/install` can be
+followed all the way round (`SLACK_AUTHORIZE_URL=<base>/oauth/v2/authorize`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 
 @dataclass
@@ -91,6 +94,7 @@ class FakeSlack:
         self.issued_tokens: list[str] = []
         self.reused_refresh_tokens: list[str] = []
         self._codes: dict[str, Grant] = {}
+        self.pending_grants: list[Grant] = []  # what the next approvals grant, in order
         self._refresh: dict[str, Grant] = {}
         self._spent: set[str] = set()
         self._serial = itertools.count(1)
@@ -100,6 +104,21 @@ class FakeSlack:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/api/"
+
+    @property
+    def authorize_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/oauth/v2/authorize"
+
+    def approve(self, query: dict[str, str]) -> str | None:
+        """The approval page's answer: where to send the browser (None: no `redirect_uri`)."""
+        redirect = query.get("redirect_uri")
+        if not redirect:
+            return None
+        with self._lock:
+            grant = self.pending_grants.pop(0) if self.pending_grants else Grant()
+        code = self.grant_code(grant)
+        joiner = "&" if urlsplit(redirect).query else "?"
+        return f"{redirect}{joiner}{urlencode({'code': code, 'state': query.get('state', '')})}"
 
     def start(self) -> FakeSlack:
         self._thread.start()
@@ -246,6 +265,20 @@ class FakeSlack:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def do_GET(self) -> None:  # http.server's naming
+                url = urlsplit(self.path)
+                target = (fake.approve(dict(parse_qsl(url.query)))
+                          if url.path == "/oauth/v2/authorize" else None)
+                if target is None:
+                    self.send_response(404 if url.path != "/oauth/v2/authorize" else 400)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def log_message(self, *_args: Any) -> None:
                 pass
 
@@ -279,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8099)
     args = parser.parse_args(argv)
     fake = FakeSlack(args.port, on_call=lambda call: print(describe(call), flush=True))
-    print(f"Slack stand-in on {fake.base_url} (set SLACK_API_URL to it); Ctrl-C stops",
+    print(f"Slack stand-in on {fake.base_url} (set SLACK_API_URL to it; for installs, "
+          f"SLACK_AUTHORIZE_URL={fake.authorize_url} and SLACK_REDIRECT_URI); Ctrl-C stops",
           flush=True)
     fake.start()
     try:

@@ -36,14 +36,19 @@ class Stack:
         self.base, self.web, self.worker, self.key = base, web, worker, key
 
     def install(self, fake: FakeSlack, grant: Grant) -> httpx.Response:
-        """A person installing the app: /slack/install, Slack's approval, the redirect back."""
+        """A person installing the app: /slack/install, Slack's approval page (the stand-in's,
+        which approves `grant`), the redirect back, each hop followed as a browser would."""
+        fake.pending_grants.append(grant)
         started = httpx.get(f"{self.base}/slack/install", timeout=10)
         assert started.status_code == 302
-        state = parse_qs(urlsplit(started.headers["location"]).query)["state"][0]
         # The cookie is `Secure`; a browser sends it to http://localhost, httpx does not.
         cookie = started.headers["set-cookie"].split(";", 1)[0]
-        return httpx.get(f"{self.base}/slack/oauth_redirect", headers={"cookie": cookie},
-                         params={"code": fake.grant_code(grant), "state": state}, timeout=10)
+        approved = httpx.get(started.headers["location"], timeout=10)
+        assert approved.status_code == 302
+        back = approved.headers["location"]
+        assert back.startswith(f"{self.base}/slack/oauth_redirect?")
+        assert parse_qs(urlsplit(back).query)["state"] == [cookie.split("=", 1)[1]]
+        return httpx.get(back, headers={"cookie": cookie}, timeout=10)
 
     def post_event(self, payload: dict[str, Any]) -> None:
         body = encode(payload)
@@ -62,7 +67,8 @@ def stack(redis_server: RedisProcess, fake_slack: FakeSlack, tmp_path: Path,
     port, key = free_port(), token_key()
     env = process_env(REDIS_URL=redis_server.url, SLACK_SIGNING_SECRET=SIGNING_SECRET,
                       SLACK_API_URL=fake_slack.base_url, PORT=str(port),
-                      SLACK_AUTHORIZE_URL="https://slack.example/oauth/v2/authorize",
+                      SLACK_AUTHORIZE_URL=fake_slack.authorize_url,
+                      SLACK_REDIRECT_URI=f"http://127.0.0.1:{port}/slack/oauth_redirect",
                       WORKER_RATE_PER_CHANNEL="0", WORKER_RATE_PER_TEAM="0",
                       LOG_LEVEL="debug", **multi_env(db_url, key))
     web = Proc("web", env, tmp_path)
