@@ -32,6 +32,7 @@ from slackq.slack_oauth import OAuthClient, installation_from
 
 log = structlog.get_logger(__name__)
 REASON_LIMIT = 100  # Slack's `error` parameter is echoed, escaped and bounded
+ID_LIMIT = 64  # team and enterprise ids in log lines
 
 
 class OAuthFlow:
@@ -119,11 +120,15 @@ async def oauth_redirect(request: Request) -> Response:
     except SQLAlchemyError as exc:
         log.error("oauth_store_failed", step="save", error_type=type(exc).__name__)
         return _failed(flow, 503, "storage_error", "Please try again in a minute.")
-    log.info("slack_app_installed", team_id=installation.team_id,
-             enterprise_id=installation.enterprise_id,
+    log.info("slack_app_installed", team_id=_bounded(installation.team_id),
+             enterprise_id=_bounded(installation.enterprise_id),
              org_wide=installation.is_enterprise_install,
              token_rotation=installation.bot_refresh_token is not None)
     return _installed(flow, installation)
+
+
+def _bounded(value: str | None) -> str | None:
+    return value[:ID_LIMIT] if value is not None else None
 
 
 def _installed(flow: OAuthFlow, installation: Installation) -> Response:

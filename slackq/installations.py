@@ -15,9 +15,10 @@ One SQLAlchemy async engine (aiosqlite or asyncpg, from `DATABASE_URL`) carries 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from slack_sdk.oauth.installation_store.sqlalchemy import AsyncSQLAlchemyInstallationStore
@@ -140,14 +141,24 @@ class EncryptedInstallationStore(AsyncSQLAlchemyInstallationStore):
 
 
 class AtomicStateStore(AsyncSQLAlchemyOAuthStateStore):
-    """slack-sdk's state store whose `async_consume` accepts a state exactly once."""
+    """slack-sdk's state store whose `async_consume` accepts a state exactly once, and which
+    purges expired states (slack-sdk never does: every visit of /slack/install adds a row)."""
+
+    async def async_issue(self, *args: Any, **kwargs: Any) -> str:
+        state = str(uuid4())
+        now = datetime.now(tz=UTC)
+        expires = normalize_datetime_for_db(now + timedelta(seconds=self.expiration_seconds))
+        async with self.engine.begin() as conn:
+            await conn.execute(self.oauth_states.delete().where(
+                self.oauth_states.c.expire_at <= normalize_datetime_for_db(now)))
+            await conn.execute(self.oauth_states.insert(), {"state": state, "expire_at": expires})
+        return state
 
     async def async_consume(self, state: str) -> bool:
         now = normalize_datetime_for_db(datetime.now(tz=UTC))
         column = self.oauth_states.c
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(self.oauth_states.delete().where(column.expire_at <= now))
                 result = await conn.execute(self.oauth_states.delete().where(
                     column.state == state, column.expire_at > now))
         except SQLAlchemyError as exc:

@@ -102,6 +102,10 @@ async def test_an_expired_state_is_refused(db: InstallationDb) -> None:
         await conn.execute(db.states.oauth_states.update().values(
             expire_at=datetime(2000, 1, 1)))
     assert await db.states.async_consume(state) is False
+    await db.states.async_issue()  # purges what expired
+    async with db.engine.connect() as conn:
+        count = (await conn.execute(text("SELECT count(*) FROM slack_oauth_states"))).scalar()
+    assert count == 1
 
 
 async def test_reencrypt_lets_the_old_key_go(db_url: str) -> None:  # noqa: F811 - fixture

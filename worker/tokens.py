@@ -158,7 +158,8 @@ class WorkspaceTokens:
             raise TransientError(f"installation store: {_reason(exc)}") from exc
         if bot is None or not bot.bot_token:
             self.forget(key)
-            raise NoInstallation(f"enterprise {key[0] or '-'} team {key[1] or '-'}")
+            # The ids come from the job's data: bounded in the failed reason and its log line.
+            raise NoInstallation(f"enterprise {(key[0] or '-')[:64]} team {(key[1] or '-')[:64]}")
         self._remember(key, bot)
         return bot
 
