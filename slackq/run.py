@@ -46,13 +46,20 @@ def local_store_defaults(env: dict[str, str], var_dir: Path = VAR_DIR) -> None:
         env["SLACKQ_TOKEN_KEY"] = key_file.read_text().strip()
 
 
-def main() -> int:
+def prepare_environment() -> dict[str, str]:
+    """Check the settings (ConfigError names what is wrong); the environment of the processes,
+    with the local store's defaults in multi-workspace mode (also put in `os.environ`)."""
     env = dict(os.environ)
+    if load_settings(store=False).workspace_mode() == "multi":
+        local_store_defaults(env, VAR_DIR)
+        os.environ.update(env)  # so that the check below reads the defaults
+    load_settings(require=("SLACK_SIGNING_SECRET",), workspace=True)
+    return env
+
+
+def main() -> int:
     try:
-        if load_settings().workspace_mode() == "multi":
-            local_store_defaults(env)
-            os.environ.update(env)  # so that the check below reads the defaults
-        load_settings(require=("SLACK_SIGNING_SECRET",), workspace=True)
+        env = prepare_environment()
     except ConfigError as exc:
         print(f"slackq run: {exc}", file=sys.stderr)
         return 2

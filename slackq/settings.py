@@ -300,14 +300,16 @@ def _required(value: SecretStr | None, env_name: str) -> str:
     return value.get_secret_value()
 
 
-def load_settings(*, require: tuple[str, ...] = (), workspace: bool = False) -> Settings:
+def load_settings(*, require: tuple[str, ...] = (), workspace: bool = False,
+                  store: bool = True) -> Settings:
     """Read the environment once; raise ConfigError with a one-line message naming the variable.
 
     `require` lists the variables this entry point cannot start without
     (`SLACK_SIGNING_SECRET` for the web process). `workspace`: it cannot start without a Slack
     workspace mode either (the worker): `SLACK_BOT_TOKEN`, or `SLACK_CLIENT_ID` +
     `SLACK_CLIENT_SECRET`. A bot token and client credentials together are always refused, and
-    multi-workspace mode needs `DATABASE_URL` and `SLACKQ_TOKEN_KEY`.
+    multi-workspace mode needs `DATABASE_URL` and `SLACKQ_TOKEN_KEY` (unless `store` is False:
+    the run command fills them in).
     """
     try:
         settings = Settings()
@@ -325,7 +327,7 @@ def load_settings(*, require: tuple[str, ...] = (), workspace: bool = False) -> 
     if mode is None and workspace:
         raise ConfigError("missing required environment variable SLACK_BOT_TOKEN (one "
                           "workspace) or SLACK_CLIENT_ID + SLACK_CLIENT_SECRET (many)")
-    if mode == "multi":
+    if mode == "multi" and store:
         settings.database()
         settings.token_keys()
     return settings

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
+import slackq.run
 from slackq.errors import ConfigError
-from slackq.run import local_store_defaults
+from slackq.run import local_store_defaults, prepare_environment
 from slackq.settings import load_settings
 from tests.processes import process_env
 
@@ -24,7 +25,10 @@ VARIABLES = ("SLACK_BOT_TOKEN", *MULTI)
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+        # setenv first: monkeypatch then restores the variable (or its absence) afterwards,
+        # also when the code under test wrote it (the run command does).
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
 def test_bot_token_is_single_workspace_mode(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,6 +85,21 @@ def test_worker_with_neither_mode_stops_with_one_line() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "SLACK_BOT_TOKEN" in result.stderr and "SLACK_CLIENT_ID" in result.stderr
+
+
+def test_run_command_defaults_the_store_in_multi_mode_only(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(slackq.run, "VAR_DIR", tmp_path / "var")
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "x")
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1")
+    assert "DATABASE_URL" not in prepare_environment()
+    assert not (tmp_path / "var").exists()
+    monkeypatch.delenv("SLACK_BOT_TOKEN")
+    monkeypatch.setenv("SLACK_CLIENT_ID", "111.222")
+    monkeypatch.setenv("SLACK_CLIENT_SECRET", "s3cret")
+    env = prepare_environment()
+    assert env["DATABASE_URL"] == f"sqlite:///{tmp_path / 'var' / 'slackq.db'}"
+    assert (tmp_path / "var" / "token.key").read_text().strip() == env["SLACKQ_TOKEN_KEY"]
 
 
 def test_run_command_creates_a_local_store_once(tmp_path: Path) -> None:
