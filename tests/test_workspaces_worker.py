@@ -31,6 +31,7 @@ from tests.workspace_support import (
 )
 from worker.handlers import default_registry
 from worker.limiter import Limits
+from worker.registry import HandlerRegistry, JobContext
 from worker.runner import WorkerOptions, WorkerRuntime, start_worker
 from worker.tokens import installation_key
 
@@ -60,6 +61,20 @@ async def queue(multi: Settings) -> AsyncIterator[Queue]:
     await queue.close()
 
 
+async def post_to_channel(ctx: JobContext) -> dict[str, Any]:
+    """A command's or an interaction's handler: one message to the channel it came from."""
+    data = ctx.data
+    channel = data.get("channel_id") or (data.get("channel") or {}).get("id")
+    return await ctx.slack.call("chat.postMessage", channel=channel, text="done")
+
+
+def registry() -> HandlerRegistry:
+    handlers = default_registry()
+    handlers.register("command:/deploy")(post_to_channel)
+    handlers.register("interactive:block_actions")(post_to_channel)
+    return handlers
+
+
 @pytest.fixture
 async def worker(multi: Settings) -> AsyncIterator[Callable[[], Awaitable[WorkerRuntime]]]:
     runtimes: list[WorkerRuntime] = []
@@ -67,7 +82,7 @@ async def worker(multi: Settings) -> AsyncIterator[Callable[[], Awaitable[Worker
     async def _start() -> WorkerRuntime:
         options = replace(WorkerOptions.from_settings(multi), grace_seconds=3.0,
                           limits=Limits(per_channel=0, per_team=0))
-        runtime = await start_worker(multi, default_registry(), options)
+        runtime = await start_worker(multi, registry(), options)
         runtimes.append(runtime)
         return runtime
 
@@ -110,6 +125,27 @@ async def test_each_workspace_is_answered_with_its_own_token(
             fake_slack.calls_to("chat.postMessage")}
     assert used == {("C0A", TOKEN_A), ("C0B", TOKEN_B), ("C0CHAN001", TOKEN_ORG)}
     assert "token" not in {k for c in fake_slack.calls_to("chat.postMessage") for k in c.args}
+
+
+async def test_commands_and_interactions_use_their_workspaces_token(
+        multi: Settings, worker: Any, queue: Queue, aclient: aioredis.Redis,
+        fake_slack: FakeSlack) -> None:
+    await install(multi, team="T0B", token=TOKEN_B)
+    await install(multi, team=None, enterprise="E0ORG", token=TOKEN_ORG)
+    await worker()
+    command = {"command": "/deploy", "team_id": "T0B", "channel_id": "C0CMD", "user_id": "U1",
+               "trigger_id": "1.2.cmd", "is_enterprise_install": "false"}
+    action = {"type": "block_actions", "team": {"id": "T0INORG", "enterprise_id": "E0ORG"},
+              "enterprise": {"id": "E0ORG"}, "is_enterprise_install": True,
+              "user": {"id": "U2", "team_id": "T0INORG"}, "channel": {"id": "C0ACT"},
+              "trigger_id": "1.2.act"}
+    jobs = [await queue.add("command:/deploy", command, JOBS.for_job("cmd-1.2.cmd")),
+            await queue.add("interactive:block_actions", action, JOBS.for_job("int-1.2.act"))]
+    for job in jobs:
+        await ends(aclient, multi, str(job.id), "completed")
+    used = {(c.args["channel"], FakeSlack.token_of(c))
+            for c in fake_slack.calls_to("chat.postMessage")}
+    assert used == {("C0CMD", TOKEN_B), ("C0ACT", TOKEN_ORG)}
 
 
 async def test_no_installation_fails_permanently_without_calling_slack(
