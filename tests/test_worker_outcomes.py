@@ -195,7 +195,7 @@ async def test_a_rerun_skips_the_recorded_post_and_a_lost_record_is_counted(
     start: StartWorker, queue: Queue, aclient: aioredis.Redis, settings: Settings,
     fake_slack: FakeSlack,
 ) -> None:
-    runtime = await start()
+    runtime = await start(lock_duration_ms=1_000)  # how long a re-run waits for a lost record
     await add_mention(queue, "Ev0ONCE0001")
     await state_is(aclient, settings, "Ev0ONCE0001", "completed")
     effects_key = f"{settings.queue_prefix}:slackq:{settings.queue_name}:effects:Ev0ONCE0001"
@@ -208,9 +208,10 @@ async def test_a_rerun_skips_the_recorded_post_and_a_lost_record_is_counted(
     await wait_until(lambda: _atm_is(aclient, settings, "Ev0ONCE0001", 2), 15, "second run")
     assert len(fake_slack.calls_to("chat.postMessage")) == 1
 
-    # The window that remains: the call went out, its record did not. The re-run posts again,
-    # and the duplicate is detected and counted.
+    # The window that remains: a run that began the call died before its record. The re-run
+    # waits once for that run's record, then posts again; the duplicate is detected and counted.
     await aclient.hdel(effects_key, "done:reply")
+    await aclient.hset(effects_key, "start:reply", "token-of-a-dead-run")
     await job.retry("completed")
     await wait_until(lambda: _atm_is(aclient, settings, "Ev0ONCE0001", 3), 15, "third run")
     assert len(fake_slack.calls_to("chat.postMessage")) == 2

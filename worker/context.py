@@ -10,7 +10,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from structlog.typing import FilteringBoundLogger
 
 from slackq.models import Envelope
-from worker.effects import EffectLog
+from worker.effects import EffectLog, EffectRun, encode
 from worker.errors import SlackPermanentError, SlackRateLimited, WorkerError
 from worker.limiter import Limiter
 from worker.slack import call_slack, refused
@@ -39,6 +39,7 @@ class JobSlack:
     log: FilteringBoundLogger
     limiter: Limiter | None = None
     effects: EffectLog | None = None
+    run: EffectRun | None = None
     # Multi-workspace mode: the token comes from the envelope's installation, per call.
     tokens: WorkspaceTokens | None = None
     envelope: Envelope | None = None
@@ -50,27 +51,31 @@ class JobSlack:
 
         `effect` names the side effect (default: the method); give distinct names when a handler
         makes the same call twice. A re-run returns the recorded result instead of calling again.
-        Raises `PacingLimited` when the channel or team is over its pace (the job is delayed).
+        Raises `PacingLimited` when the channel or team is over its pace, `EffectLeased` /
+        `EffectUnsettled` when another run of this job may be making the call (the job is
+        delayed in each case).
         """
         name = effect or method
-        if self.effects is not None:
-            done = await self.effects.recorded(self.job_id, name)
-            if done is not None:
-                self.log.info("slack_effect_skipped", effect=name, recorded=done)
-                return {"ok": True, **done, "skipped": True}
-        token = await self._token()  # before any pacing: no installation, no Slack call
+        token = await self._token()  # before any pacing or claim: no installation, no Slack call
         channel = params.get("channel")
         if self.limiter is not None and method in PACED_METHODS and isinstance(channel, str):
             await self.limiter.acquire(self.team_id, channel, self.job_id)
-        if self.effects is not None and await self.effects.begin(self.job_id, name):
-            self.log.warning("slack_effect_possible_duplicate", effect=name)
+        effects, run = self.effects, self.run
+        if effects is not None and run is not None:
+            claim = await effects.claim(self.job_id, name, run.token)
+            if claim.recorded is not None:
+                self.log.info("slack_effect_skipped", effect=name, recorded=claim.recorded)
+                return {"ok": True, **claim.recorded, "skipped": True}
+            run.leased = True
+            if claim.duplicate:
+                self.log.warning("slack_effect_possible_duplicate", effect=name)
         try:
             result = await call_slack(self.client, method, params, token)
         except WorkerError as exc:
             await self._after_error(exc, name, channel)
             raise
-        if self.effects is not None:
-            await self.effects.record(self.job_id, name, result)
+        if effects is not None and run is not None:
+            await effects.settle(self.job_id, run.token, {name: encode(result)}, release=False)
         return result
 
     async def _token(self) -> str | None:
@@ -82,8 +87,9 @@ class JobSlack:
         if (isinstance(error, SlackPermanentError) and error.code in DEAD_TOKEN_ERRORS
                 and self.tokens is not None and self.envelope is not None):
             self.tokens.forget(self.envelope)
-        if self.effects is not None and refused(error):
-            await self.effects.abandon(self.job_id, name)  # Slack did not do it: no duplicate risk
+        if self.effects is not None and self.run is not None and self.run.leased:
+            # No answer to record: a later run must not wait for one.
+            await self.effects.abandon(self.job_id, name, self.run.token, refused=refused(error))
         if isinstance(error, SlackRateLimited) and self.limiter is not None and isinstance(
                 channel, str):
             await self.limiter.hold(self.team_id, channel, error.delay_seconds)

@@ -1,82 +1,221 @@
-"""Slack side effects recorded per job, so a job re-run after a crash does not post twice.
+"""Slack side effects of a job: a lease per run, and a record per call Slack accepted.
 
-For each named effect of a job (default: the Slack method) the hash
-`<prefix>:slackq:<queue>:effects:<job id>` holds
+Per job, under `<prefix>:slackq:<queue>:effects:<job id>`:
 
-* `started:<name>`: how many attempts began the call;
-* `done:<name>`: the call's result (e.g. `{"channel": ..., "ts": ...}`) once Slack accepted it.
+* the hash holds `done:<name>`, what Slack answered for effect `name` (e.g. `{"channel", "ts"}`),
+  and `start:<name>`, the lock token of the last run that began the call without recording it;
+* `...:lease` is the lock token of the one run that may call Slack for this job now. It is set
+  with the job's lock token and a TTL of the lock duration, and extended whenever BullMQ renews
+  that lock, so it lives exactly as long as the run could still hold the job.
 
-A re-run finds `done:<name>` and skips the call. The window that remains: a worker that dies after
-Slack accepted the call but before `done:<name>` is written (one Redis round trip) makes the next
-attempt call again. Such an attempt sees `started` without `done`, logs
-`slack_effect_possible_duplicate` and counts it in
-`<prefix>:slackq:<queue>:effects:possible-duplicates`.
-Records expire after 24 h, like failed jobs.
+`claim` decides, in one script call, what a run may do for effect `name`:
+
+* `done`: recorded already; the call is skipped and the record returned.
+* leased: another run holds a live lease (a second run after a lock loss, while the first is
+  still calling Slack): this run is deferred (`EffectLeased`) without calling Slack.
+* unsettled: an earlier run began the call and never recorded it, and its lease is gone. That run
+  may still be alive with Slack's answer in memory, waiting for Redis to take the record
+  (worker.md, "Effects"): this run is deferred once by `wait_ms` (`EffectUnsettled`). If the
+  record is still missing after that, the earlier run is taken to be dead: the call goes ahead,
+  logged as `slack_effect_possible_duplicate` and counted in `...:effects:possible-duplicates`.
+* otherwise the run takes the lease and calls.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from worker.errors import RedisTransientError
+from worker.errors import Deferred, RedisTransientError
 
 # Set with PEXPIRE (granted by the least-privilege ACL in docs/security.md, like EXPIRE).
 EFFECT_TTL_MS = 86_400_000
 # Only what a re-run may need from a Slack answer; never message bodies.
 KEPT_FIELDS = ("channel", "ts", "thread_ts", "id", "scheduled_message_id")
 
+# KEYS: record hash, lease, duplicates counter.
+# ARGV: name, token, lease ms, wait ms, record ttl ms.
+# Reply: {'done', json} | {'leased', ms} | {'unsettled', ms} | {'go', duplicate 0/1}.
+CLAIM_LUA = """
+local done = redis.call('HGET', KEYS[1], 'done:' .. ARGV[1])
+if done then return {'done', done} end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[2] then
+  return {'leased', redis.call('PTTL', KEYS[2])}
+end
+local started = redis.call('HGET', KEYS[1], 'start:' .. ARGV[1])
+local duplicate = 0
+if started and started ~= ARGV[2] then
+  if redis.call('HGET', KEYS[1], 'wait:' .. ARGV[1]) ~= started then
+    redis.call('HSET', KEYS[1], 'wait:' .. ARGV[1], started)
+    return {'unsettled', tonumber(ARGV[4])}
+  end
+  duplicate = 1
+  redis.call('INCR', KEYS[3])
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('HSET', KEYS[1], 'start:' .. ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {'go', duplicate}
+"""
 
-def summary(result: dict[str, Any]) -> dict[str, Any]:
+# KEYS: record hash, lease. ARGV: token, release ('1' or ''), record ttl ms, then name/json pairs.
+# Records what Slack accepted and (with release) ends this run's lease: idempotent.
+SETTLE_LUA = """
+for i = 4, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], 'done:' .. ARGV[i], ARGV[i + 1])
+  redis.call('HDEL', KEYS[1], 'start:' .. ARGV[i], 'wait:' .. ARGV[i])
+end
+if #ARGV >= 4 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+if ARGV[2] == '1' and redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+end
+return 1
+"""
+
+# KEYS: record hash. ARGV: name, token, refused ('1' or ''). The call failed: if Slack refused it,
+# it never happened (forget the start); otherwise nobody knows, but no answer will ever be
+# recorded, so a later run need not wait for one (mark the start as waited out).
+ABANDON_LUA = """
+if redis.call('HGET', KEYS[1], 'start:' .. ARGV[1]) == ARGV[2] then
+  if ARGV[3] == '1' then
+    redis.call('HDEL', KEYS[1], 'start:' .. ARGV[1])
+  else
+    redis.call('HSET', KEYS[1], 'wait:' .. ARGV[1], ARGV[2])
+  end
+end
+return 1
+"""
+
+# KEYS: leases. ARGV: lease ms, then one token per lease. Extends the leases still held.
+EXTEND_LUA = """
+local extended = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+    extended = extended + 1
+  end
+end
+return extended
+"""
+
+
+def summary(result: Mapping[str, Any]) -> dict[str, Any]:
     """The fields of a Slack answer worth recording."""
     return {key: result[key] for key in KEPT_FIELDS if key in result}
 
 
-class EffectLog:
-    """Reads and writes the per-job effect records."""
+def encode(result: Mapping[str, Any]) -> str:
+    return json.dumps(summary(result), separators=(",", ":"))
 
-    def __init__(self, client: aioredis.Redis, prefix: str, queue: str) -> None:
+
+class EffectLeased(Deferred):
+    """Another live run of this job holds the effect lease: come back once it has ended."""
+
+    def __init__(self, delay_seconds: float) -> None:
+        super().__init__(delay_seconds, "effect leased by another run")
+
+
+class EffectUnsettled(Deferred):
+    """An earlier run began this call and never recorded it: give it time to record."""
+
+    def __init__(self, delay_seconds: float) -> None:
+        super().__init__(delay_seconds, "effect of an earlier run not recorded yet")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What `EffectLog.claim` allows: `recorded` (skip the call) or a call, maybe a duplicate."""
+
+    recorded: dict[str, Any] | None = None
+    duplicate: bool = False
+
+
+class EffectLog:
+    """Leases, records and the duplicate count, shared by every worker process."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, queue: str, *,
+                 lease_ms: int) -> None:
         self.client = client
         self.base = f"{prefix}:slackq:{queue}:effects"
+        self.lease_ms = lease_ms
+        self.held: dict[str, str] = {}  # job id -> token of the leases this process holds
+        self._claim = client.register_script(CLAIM_LUA)
+        self._settle = client.register_script(SETTLE_LUA)
+        self._abandon = client.register_script(ABANDON_LUA)
+        self._extend = client.register_script(EXTEND_LUA)
 
     def key(self, job_id: str) -> str:
         return f"{self.base}:{job_id}"
+
+    def lease_key(self, job_id: str) -> str:
+        return f"{self.base}:{job_id}:lease"
 
     @property
     def duplicates_key(self) -> str:
         return f"{self.base}:possible-duplicates"
 
+    async def claim(self, job_id: str, name: str, token: str) -> Claim:
+        """May this run (`token`) call effect `name` now? Raises `Deferred` when it may not."""
+        keys = [self.key(job_id), self.lease_key(job_id), self.duplicates_key]
+        args: list[str | int] = [name, token, self.lease_ms, self.lease_ms, EFFECT_TTL_MS]
+        kind, value = await self._run(self._claim(keys=keys, args=args))
+        if kind == "done":
+            return Claim(recorded=json.loads(value))
+        if kind == "leased":
+            raise EffectLeased(max(int(value), 1) / 1000)
+        if kind == "unsettled":
+            raise EffectUnsettled(int(value) / 1000)
+        self.held[job_id] = token
+        return Claim(duplicate=bool(int(value)))
+
+    def settle_args(self, job_id: str, token: str, records: Mapping[str, str],
+                    release: bool) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the settle script: write `records` (name -> encoded answer), and
+        with `release` end this run's lease."""
+        args: list[Any] = [token, "1" if release else "", EFFECT_TTL_MS]
+        for name, encoded in records.items():
+            args += [name, encoded]
+        return [self.key(job_id), self.lease_key(job_id)], args
+
+    async def settle(self, job_id: str, token: str, records: Mapping[str, str], *,
+                     release: bool) -> None:
+        """Record what Slack accepted; with `release`, this run is over: end its lease."""
+        keys, args = self.settle_args(job_id, token, records, release)
+        await self._run(self._settle(keys=keys, args=args))
+        if release:
+            self.forget(job_id, token)
+
+    def forget(self, job_id: str, token: str) -> None:
+        """Stop extending this run's lease (it ended, or the run is over)."""
+        if self.held.get(job_id) == token:
+            del self.held[job_id]
+
+    async def abandon(self, job_id: str, name: str, token: str, *, refused: bool) -> None:
+        """The call failed without an answer to record. `refused`: Slack said it did not take
+        effect (a later run calls again, no duplicate); otherwise a later run calls again at
+        once, counted as a possible duplicate."""
+        await self._run(self._abandon(keys=[self.key(job_id)],
+                                      args=[name, token, "1" if refused else ""]))
+
+    async def extend(self, job_ids: Iterable[str]) -> int:
+        """Extend the leases this process holds for `job_ids` (their locks were just renewed)."""
+        held = [(job_id, self.held[job_id]) for job_id in job_ids if job_id in self.held]
+        if not held:
+            return 0
+        keys = [self.lease_key(job_id) for job_id, _ in held]
+        args: list[str | int] = [self.lease_ms, *(token for _, token in held)]
+        return int(await self._run(self._extend(keys=keys, args=args)))
+
     async def recorded(self, job_id: str, name: str) -> dict[str, Any] | None:
-        """The recorded result of effect `name`, or None if it has not completed."""
+        """The recorded answer of effect `name`, or None."""
         raw = await self._run(self.client.hget(self.key(job_id), f"done:{name}"))
         return json.loads(raw) if raw else None
-
-    async def begin(self, job_id: str, name: str) -> bool:
-        """Mark an attempt at `name`; True if an earlier attempt began it and never recorded it."""
-        key = self.key(job_id)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hincrby(key, f"started:{name}", 1)
-            pipe.pexpire(key, EFFECT_TTL_MS)
-            started, _ = await self._run(pipe.execute())
-        if int(started) > 1:
-            await self._run(self.client.incr(self.duplicates_key))
-            return True
-        return False
-
-    async def abandon(self, job_id: str, name: str) -> None:
-        """Undo `begin`: Slack answered that the call did not take effect."""
-        await self._run(self.client.hincrby(self.key(job_id), f"started:{name}", -1))
-
-    async def record(self, job_id: str, name: str, result: dict[str, Any]) -> None:
-        """Store what Slack answered for `name`."""
-        key = self.key(job_id)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(key, f"done:{name}", json.dumps(summary(result), separators=(",", ":")))
-            pipe.pexpire(key, EFFECT_TTL_MS)
-            await self._run(pipe.execute())
 
     async def possible_duplicates(self) -> int:
         return int(await self._run(self.client.get(self.duplicates_key)) or 0)
@@ -87,3 +226,12 @@ class EffectLog:
             return await awaitable
         except RedisError as exc:
             raise RedisTransientError(f"effect log: {type(exc).__name__}") from exc
+
+
+@dataclass
+class EffectRun:
+    """One run of a job (one lock token) as the effect log sees it."""
+
+    job_id: str
+    token: str
+    leased: bool = False

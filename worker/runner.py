@@ -38,8 +38,14 @@ from slackq.models import Envelope, parse_envelope, team_of
 from slackq.retry_policy import RetryPolicy
 from slackq.settings import Settings
 from worker.context import JobContext, JobSlack
-from worker.effects import EffectLog
-from worker.errors import Deferred, InvalidPayload, PacingLimited, PermanentError
+from worker.effects import EffectLog, EffectRun
+from worker.errors import (
+    Deferred,
+    InvalidPayload,
+    PacingLimited,
+    PermanentError,
+    RedisTransientError,
+)
 from worker.limiter import Limiter, Limits
 from worker.metrics import instrument_worker, record_deferred
 from worker.pool import worker_connection
@@ -115,8 +121,9 @@ class Dispatcher:
         if handler is None:
             bound.warning("job_ignored", reason="no handler registered")
             return {"ignored": True, "reason": f"no handler for {job.name}"}
+        run = EffectRun(str(job.id), token)
         try:
-            ctx = self._context(job, data, _validate(data), bound)
+            ctx = self._context(job, data, _validate(data), bound, run)
             return await handler(ctx)
         except Deferred as exc:
             await self._defer(job, token, exc, bound)
@@ -127,12 +134,23 @@ class Dispatcher:
         except Exception as exc:
             self._plan_retry(job, exc, bound)
             raise
+        finally:
+            await self._end_lease(run)
+
+    async def _end_lease(self, run: EffectRun) -> None:
+        """This run is over: end its effect lease (else it expires with the lock duration)."""
+        if self.effects is None or not run.leased:
+            return
+        try:
+            await self.effects.settle(run.job_id, run.token, {}, release=True)
+        except RedisTransientError:
+            self.effects.forget(run.job_id, run.token)
 
     def _context(self, job: Job, data: dict[str, Any], envelope: Envelope,
-                 bound: FilteringBoundLogger) -> JobContext:
+                 bound: FilteringBoundLogger, run: EffectRun) -> JobContext:
         team_id = team_of(envelope) or "-"
         slack = JobSlack(self.slack, str(job.id), team_id, bound, self.limiter, self.effects,
-                         self.tokens, envelope)
+                         run, self.tokens, envelope)
         return JobContext(
             name=job.name, job_id=str(job.id), attempt=job.attemptsMade + 1,
             data=data, slack=slack, log=bound, envelope=envelope, workspaces=self.tokens,
@@ -218,6 +236,22 @@ def _log_worker_events(worker: Worker) -> None:
     worker.on("stalled", on_stalled)
 
 
+def extend_leases_with_locks(worker: Worker, effects: EffectLog) -> None:
+    """Whenever BullMQ renews job locks, extend the effect leases of those jobs' runs."""
+    pending: set[asyncio.Task[Any]] = set()
+
+    async def extend(job_ids: list[str]) -> None:
+        with contextlib.suppress(RedisTransientError):  # the lease then ends with the lock
+            await effects.extend(job_ids)
+
+    def on_renewed(renewed: dict[str, Any]) -> None:
+        task = asyncio.ensure_future(extend([str(job_id) for job_id in renewed["jobIds"]]))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    worker.on("locksRenewed", on_renewed)
+
+
 def command_client(url: str, options: WorkerOptions) -> aioredis.Redis:
     """slackq's own Redis commands (limiter, effects): pooled, bounded, same retry as BullMQ's."""
     return redis_client(url, command_profile(options.lock_duration_ms))
@@ -278,14 +312,17 @@ async def _start(settings: Settings, registry: HandlerRegistry, options: WorkerO
 
 async def _start_worker(settings: Settings, registry: HandlerRegistry, options: WorkerOptions,
                         client: aioredis.Redis, tokens: WorkspaceTokens | None) -> WorkerRuntime:
+    effects = EffectLog(client, settings.queue_prefix, settings.queue_name,
+                        lease_ms=options.lock_duration_ms)
     dispatcher = Dispatcher(
         registry,
         make_client(None if tokens else settings.bot_token(), settings.slack_api_url),
         limiter=Limiter(client, settings.queue_prefix, settings.queue_name, options.limits),
-        effects=EffectLog(client, settings.queue_prefix, settings.queue_name),
+        effects=effects,
         tokens=tokens,
     )
     worker = build_worker(settings, dispatcher, options)
+    extend_leases_with_locks(worker, effects)
     renew_locks_until_jobs_end(worker)
     instrument_worker(worker, settings)  # Prometheus listeners; serves METRICS_PORT when set
     # Server capabilities before run(): without them short delays round up to ~1 s.

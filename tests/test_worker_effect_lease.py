@@ -1,0 +1,143 @@
+"""The effect lease: one run of a job at a time may call Slack for it (real Redis, in-process
+worker, the Slack stand-in holding its replies)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+
+import pytest
+import redis.asyncio as aioredis
+from bullmq import Queue
+from structlog.testing import capture_logs
+
+from slackq.settings import Settings
+from tests.held_slack import HeldSlack
+from tests.waiting import wait_until
+from tests.worker_app import app_registry
+from tests.worker_helpers import add_mention, job_key, job_state, make_queue
+from worker.effects import EffectLeased, EffectLog, EffectUnsettled
+from worker.limiter import Limits
+from worker.runner import WorkerOptions, start_worker
+
+
+@pytest.fixture
+async def aclient(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def held() -> Iterator[HeldSlack]:
+    slack = HeldSlack().start()
+    yield slack
+    slack.stop()
+
+
+@pytest.fixture
+async def queue(settings: Settings) -> AsyncIterator[Queue]:
+    queue = make_queue(settings)
+    yield queue
+    await queue.close()
+
+
+async def test_the_claim_script_grants_one_run_at_a_time(aclient: aioredis.Redis) -> None:
+    log = EffectLog(aclient, "bull", "q", lease_ms=300)
+    assert (await log.claim("J1", "reply", "run-a")).duplicate is False
+    with pytest.raises(EffectLeased):  # a live lease held by another run
+        await log.claim("J1", "reply", "run-b")
+    assert (await log.claim("J1", "reply", "run-a")).recorded is None  # its own: granted again
+
+    await aclient.delete(log.lease_key("J1"))  # run-a's lease ended without a record
+    with pytest.raises(EffectUnsettled) as waited:  # run-a may hold Slack's answer: wait once
+        await log.claim("J1", "reply", "run-b")
+    assert waited.value.delay_seconds == pytest.approx(0.3)
+    claim = await log.claim("J1", "reply", "run-b")  # waited: run-a is taken to be dead
+    assert claim.duplicate is True
+    assert await log.possible_duplicates() == 1
+
+    await log.settle("J1", "run-b", {"reply": '{"ts":"1.2"}'}, release=True)
+    assert await aclient.exists(log.lease_key("J1")) == 0
+    assert (await log.claim("J1", "reply", "run-c")).recorded == {"ts": "1.2"}
+
+    # Slack refused the call: nothing for a later run to wait for, no duplicate counted.
+    await log.claim("J2", "reply", "run-a")
+    await log.abandon("J2", "reply", "run-a", refused=True)
+    await log.settle("J2", "run-a", {}, release=True)
+    assert (await log.claim("J2", "reply", "run-b")).duplicate is False
+    assert await log.possible_duplicates() == 1
+    # Slack timed out: it may have posted, but no answer will come to wait for.
+    await log.abandon("J2", "reply", "run-b", refused=False)
+    await log.settle("J2", "run-b", {}, release=True)
+    assert (await log.claim("J2", "reply", "run-c")).duplicate is True
+    assert await log.possible_duplicates() == 2
+
+
+async def test_a_lease_is_extended_with_the_job_lock_and_ends_with_the_run(
+    settings: Settings, held: HeldSlack, queue: Queue, aclient: aioredis.Redis,
+) -> None:
+    worker_settings = settings.model_copy(update={"slack_api_url": held.base_url})
+    options = replace(WorkerOptions.from_settings(worker_settings), lock_duration_ms=1_000,
+                      limits=Limits(0, 0), grace_seconds=3)
+    runtime = await start_worker(worker_settings, app_registry(), options)
+    try:
+        await add_mention(queue, "Ev0LEASE001")
+        await wait_until(lambda: held.posts_arrived() == 1, 10, "the call reached Slack")
+        lease = f"{settings.queue_prefix}:slackq:{settings.queue_name}:effects:Ev0LEASE001:lease"
+        # For three lock durations into the call the lease never lapses: renewed with the lock.
+        assert await _held_throughout(aclient, lease, seconds=3.0)
+        held.release()
+        await wait_until(lambda: _state_is(aclient, settings, "Ev0LEASE001", "completed"), 10,
+                         "job completed")
+        assert await aclient.exists(lease) == 0
+    finally:
+        await runtime.stop()
+
+
+async def test_a_second_live_run_after_a_lock_loss_does_not_call_slack(
+    settings: Settings, held: HeldSlack, queue: Queue, aclient: aioredis.Redis,
+) -> None:
+    worker_settings = settings.model_copy(update={"slack_api_url": held.base_url,
+                                                  "worker_concurrency": 1})
+    options = replace(WorkerOptions.from_settings(worker_settings), lock_duration_ms=6_000,
+                      stalled_interval_ms=200, limits=Limits(0, 0), grace_seconds=3)
+    first = await start_worker(worker_settings, app_registry(), options)
+    second = None
+    try:
+        await add_mention(queue, "Ev0TWICE001")
+        await wait_until(lambda: held.posts_arrived() == 1, 10, "the first run calls Slack")
+        with capture_logs() as logs:
+            second = await start_worker(worker_settings, app_registry(), options)
+            # The first run loses its lock (as after an event-loop stall): the stalled check
+            # hands the job to the second worker while the first is still waiting for Slack.
+            await aclient.delete(f"{job_key(settings, 'Ev0TWICE001')}:lock")
+            await wait_until(lambda: any(e["event"] == "job_deferred" for e in logs), 10,
+                             "the second run deferred")
+            held.release()
+            await wait_until(lambda: _state_is(aclient, settings, "Ev0TWICE001", "completed"),
+                             20, "job completed")
+        deferred = [e for e in logs if e["event"] == "job_deferred"]
+        assert deferred[0]["reason"] == "effect leased by another run"
+        assert any(e["event"] == "slack_effect_skipped" for e in logs)
+        assert held.posts_per_channel() == {"C0CHAN001": 1}
+    finally:
+        await first.stop()
+        if second is not None:
+            await second.stop()
+
+
+async def _held_throughout(client: aioredis.Redis, key: str, seconds: float) -> bool:
+    """Whether `key` exists at every check for `seconds` (time must pass: that is the test)."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if int(await client.pttl(key)) <= 0:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def _state_is(client: aioredis.Redis, settings: Settings, job_id: str, state: str) -> bool:
+    return await job_state(client, settings, job_id) == state
