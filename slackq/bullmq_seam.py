@@ -14,6 +14,11 @@ slackq uses the port's public API everywhere else: what Node BullMQ documents an
 * `renew_locks_until_jobs_end`: the close of a Worker's `lockManager`, replaced on the instance
   to wait for its `processing` tasks unless `forceClosing`.
 * `load_server_capabilities`: `RedisConnection.getRedisVersion` before `Worker.run()`.
+* `complete_with`: the completion of `FetchNextWorker` and the port's `Worker` alike, replacing
+  the backend's `moveToCompleted` on the instance: the port's `moveToFinished` script (its SHA
+  and Lua text from `Worker.scripts.commands`, its keys and arguments from
+  `Scripts.moveToCompletedArgs`), its reply read as `Scripts.moveToFinished` reads it
+  (`raw2NextJobData`, `Scripts.finishedErrors`), sent through `Worker.redisConnection.conn`.
 * `in_flight_jobs`: `Worker.jobs`.
 * `set_retry_delay`: the in-memory `job.opts["backoff"]` that `Job.moveToFailed` reads.
 * `standard_add_calls`, `queue_client`: the `addStandardJob` script's SHA, keys and arguments
@@ -29,12 +34,14 @@ from __future__ import annotations
 
 import asyncio
 import warnings
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from bullmq import Job, Queue, Worker
+from bullmq.scripts import raw2NextJobData
 from redis.asyncio.retry import Retry
+from redis.exceptions import NoScriptError
 
 PORT_VERSION = "3.4.4"  # pyproject.toml pins the same; the seam test compares all three
 
@@ -127,6 +134,75 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq ships no type inf
         if next_job is not None:
             self.emit("active", next_job, "waiting")
         return next_job
+
+
+class CompletionHooks(Protocol):
+    """What slackq adds to a job's completion (`complete_with`)."""
+
+    def commands(self, job_id: str, token: str) -> Sequence[tuple[Any, ...]]:
+        """Commands sent in the same transaction as the completion, before it."""
+
+    async def retry(self, error: Exception) -> None:
+        """The completion failed: back off before the next try, or raise to give up."""
+
+    def settled(self, job_id: str, token: str) -> None:
+        """Redis took the commands (the completion itself may still have been refused)."""
+
+
+def complete_with(worker: Worker, hooks: CompletionHooks) -> None:
+    """Complete `worker`'s jobs with `hooks.commands` in the same round trip, and retry until
+    Redis takes them.
+
+    `MULTI`, the hooks' commands, the port's unchanged `moveToFinished` `EVALSHA`, `EXEC`: one
+    round trip, and either all of it is applied or none (a write refused while queueing aborts
+    the transaction). On a failure the same transaction is sent again after `hooks.retry`, with
+    the same finishing time, while the job's lock keeps being renewed (the job is still in
+    flight for the port). A reply the port reads as an error (the lock was lost meanwhile) is
+    raised as the port raises it, once the hooks' commands are known to be applied. A
+    `FetchNextWorker` still fetches its next job with the completion.
+    """
+    scripts = worker.scripts
+    client: aioredis.Redis = worker.redisConnection.conn
+    finish = scripts.commands["moveToFinished"]
+
+    async def move_to_completed(job: Job, return_value: Any, remove_on_complete: Any,
+                                token: str, fetch_next: bool = False) -> Any:
+        fetch = isinstance(worker, FetchNextWorker) and not (worker.closing or worker.paused)
+        keys, args = scripts.moveToCompletedArgs(job, return_value, remove_on_complete, token,
+                                                 fetch)
+        call = ("EVALSHA", finish.sha, len(keys), *keys, *args)
+        while True:
+            try:
+                raw = await _send(client, [*hooks.commands(str(job.id), token), call])
+                break
+            except NoScriptError:  # a restarted Redis has no scripts cached yet
+                await client.script_load(finish.script)
+            except Exception as exc:  # hooks.retry decides: back off, or re-raise
+                await hooks.retry(exc)
+        hooks.settled(str(job.id), token)
+        if isinstance(raw, int) and raw < 0:
+            raise scripts.finishedErrors({"code": raw, "jobId": job.id,
+                                          "command": "moveToFinished", "state": "active"})
+        result = raw2NextJobData(raw) if raw is not None else None
+        if fetch:
+            worker._fetched[token] = result
+        return {"result": result, "finishedOn": args[1]}
+
+    worker.backend.moveToCompleted = move_to_completed
+
+
+async def _send(client: aioredis.Redis, commands: list[tuple[Any, ...]]) -> Any:
+    """The reply of the last of `commands`, sent in one transaction if there are several."""
+    if len(commands) == 1:
+        return await client.execute_command(*commands[0])  # type: ignore[no-untyped-call]
+    async with client.pipeline(transaction=True) as pipe:
+        for command in commands:
+            pipe.execute_command(*command)
+        replies = await pipe.execute(raise_on_error=False)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies[-1]
 
 
 def renew_locks_until_jobs_end(worker: Worker) -> None:

@@ -10,7 +10,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from structlog.typing import FilteringBoundLogger
 
 from slackq.models import Envelope
-from worker.effects import EffectLog, EffectRun, encode
+from worker.effects import EffectLog, EffectRun
 from worker.errors import SlackPermanentError, SlackRateLimited, WorkerError
 from worker.limiter import Limiter
 from worker.slack import call_slack, refused
@@ -75,7 +75,7 @@ class JobSlack:
             await self._after_error(exc, name, channel)
             raise
         if effects is not None and run is not None:
-            await effects.settle(self.job_id, run.token, {name: encode(result)}, release=False)
+            effects.accepted(run, name, result)  # kept until Redis has it, whatever happens
         return result
 
     async def _token(self) -> str | None:

@@ -23,18 +23,23 @@ Per job, under `<prefix>:slackq:<queue>:effects:<job id>`:
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from worker.errors import Deferred, RedisTransientError
+from worker.outage import RedisOutage, is_transient
 
 # Set with PEXPIRE (granted by the least-privilege ACL in docs/security.md, like EXPIRE).
 EFFECT_TTL_MS = 86_400_000
+# A handler still busy this long after Slack's answer gets its record written on its own round
+# trip; one that finishes sooner sends it with its completion (one round trip for both).
+RECORD_DELAY_SECONDS = 0.05
 # Only what a re-run may need from a Slack answer; never message bodies.
 KEPT_FIELDS = ("channel", "ts", "thread_ts", "id", "scheduled_message_id")
 
@@ -140,8 +145,9 @@ class EffectLog:
     """Leases, records and the duplicate count, shared by every worker process."""
 
     def __init__(self, client: aioredis.Redis, prefix: str, queue: str, *,
-                 lease_ms: int) -> None:
+                 lease_ms: int, outage: RedisOutage | None = None) -> None:
         self.client = client
+        self.outage = outage or RedisOutage()
         self.base = f"{prefix}:slackq:{queue}:effects"
         self.lease_ms = lease_ms
         self.held: dict[str, str] = {}  # job id -> token of the leases this process holds
@@ -191,6 +197,57 @@ class EffectLog:
         if release:
             self.forget(job_id, token)
 
+    def accepted(self, run: EffectRun, name: str, result: Mapping[str, Any]) -> None:
+        """Slack accepted `name`: keep its answer until Redis has it (`RECORD_DELAY_SECONDS`)."""
+        run.unrecorded[name] = encode(result)
+        if run.recording is None or run.recording.done():
+            run.recording = asyncio.ensure_future(self._record_later(run))
+
+    async def _record_later(self, run: EffectRun) -> None:
+        await asyncio.sleep(RECORD_DELAY_SECONDS)
+        records = dict(run.unrecorded)
+        try:
+            await self.settle(run.job_id, run.token, records, release=False)
+        except RedisTransientError as exc:
+            self.outage.failed(exc, "effect_record")  # kept: the completion carries it
+            return
+        for name, encoded in records.items():
+            if run.unrecorded.get(name) == encoded:
+                del run.unrecorded[name]
+
+    def settle_command(self, run: EffectRun) -> tuple[Any, ...] | None:
+        """The command that records `run`'s answers and ends its lease, to send with its
+        completion; None when there is nothing to settle."""
+        if run.recording is not None:
+            run.recording.cancel()
+        if not run.unrecorded and not run.leased:
+            return None
+        keys, args = self.settle_args(run.job_id, run.token, run.unrecorded, release=True)
+        return ("EVAL", SETTLE_LUA, len(keys), *keys, *args)
+
+    def settled(self, run: EffectRun) -> None:
+        """Redis took `settle_command(run)`."""
+        run.unrecorded.clear()
+        run.leased = False
+        self.forget(run.job_id, run.token)
+
+    async def settle_durably(self, run: EffectRun) -> None:
+        """Record `run`'s answers and end its lease, retrying with the process's backoff until
+        Redis takes it (or the task is cancelled by a forced shutdown)."""
+        if self.settle_command(run) is None:
+            return
+        while True:
+            try:
+                await self.settle(run.job_id, run.token, run.unrecorded, release=True)
+            except RedisTransientError as exc:
+                if not is_transient(exc):
+                    raise
+                await self.outage.backoff(exc, "effect_record")
+                continue
+            self.outage.succeeded()
+            self.settled(run)
+            return
+
     def forget(self, job_id: str, token: str) -> None:
         """Stop extending this run's lease (it ended, or the run is over)."""
         if self.held.get(job_id) == token:
@@ -230,8 +287,15 @@ class EffectLog:
 
 @dataclass
 class EffectRun:
-    """One run of a job (one lock token) as the effect log sees it."""
+    """One run of a job (one lock token) as the effect log sees it.
+
+    `unrecorded` holds what Slack accepted and Redis has not confirmed yet: the run keeps it in
+    memory and writes it with its next round trip (the completion, a failure's settle), or
+    after `RECORD_DELAY_SECONDS` if the handler is still busy by then.
+    """
 
     job_id: str
     token: str
     leased: bool = False
+    unrecorded: dict[str, str] = field(default_factory=dict)
+    recording: asyncio.Task[None] | None = None

@@ -47,12 +47,21 @@ SLACK_CALLS = Counter("slackq_slack_api_calls", "Slack Web API calls by method a
                       "(ok, Slack's error code, http_5xx, ratelimited, transport_error)",
                       ["method", "outcome"])
 
+REDIS_ERRORS = Counter("slackq_worker_redis_errors", "Redis commands of a worker process that "
+                       "failed (refused writes, lost connections, timeouts), by where they "
+                       "were sent from and the error's kind", ["where", "kind"])
+
 _ERROR_CODE = re.compile(r"^[a-z0-9_]{1,64}$")
 
 
 def record_deferred(job_name: str, reason: str) -> None:
     """A job went back to the delayed set because of a rate limit."""
     JOBS_DEFERRED.labels(job_name, reason).inc()
+
+
+def record_redis_error(where: str, kind: str) -> None:
+    """A Redis command failed (worker/outage.py); `where` and `kind` are bounded labels."""
+    REDIS_ERRORS.labels(where, kind).inc()
 
 
 def slack_outcome(exc: BaseException | None) -> str:

@@ -27,6 +27,7 @@ from structlog.typing import FilteringBoundLogger
 
 from slackq.bullmq_seam import (
     FetchNextWorker,
+    complete_with,
     in_flight_jobs,
     load_server_capabilities,
     renew_locks_until_jobs_end,
@@ -37,6 +38,7 @@ from slackq.connection import command_profile, command_retry, redis_client, requ
 from slackq.models import Envelope, parse_envelope, team_of
 from slackq.retry_policy import RetryPolicy
 from slackq.settings import Settings
+from worker.completion import Completion
 from worker.context import JobContext, JobSlack
 from worker.effects import EffectLog, EffectRun
 from worker.errors import (
@@ -48,6 +50,7 @@ from worker.errors import (
 )
 from worker.limiter import Limiter, Limits
 from worker.metrics import instrument_worker, record_deferred
+from worker.outage import RedisOutage
 from worker.pool import worker_connection
 from worker.registry import HandlerRegistry
 from worker.retry import defer_delay_ms
@@ -100,6 +103,7 @@ class Dispatcher:
         *,
         limiter: Limiter | None = None,
         effects: EffectLog | None = None,
+        outage: RedisOutage | None = None,
         rand: Callable[[], float] = random.random,
         tokens: WorkspaceTokens | None = None,
     ) -> None:
@@ -107,6 +111,8 @@ class Dispatcher:
         self.slack = slack
         self.limiter = limiter
         self.effects = effects
+        self.outage = outage or RedisOutage()
+        self.completion = Completion(effects, self.outage)
         self.rand = rand
         self.tokens = tokens  # multi-workspace mode: a token per installation
 
@@ -122,29 +128,22 @@ class Dispatcher:
             bound.warning("job_ignored", reason="no handler registered")
             return {"ignored": True, "reason": f"no handler for {job.name}"}
         run = EffectRun(str(job.id), token)
+        self.completion.begin(run)
         try:
             ctx = self._context(job, data, _validate(data), bound, run)
-            return await handler(ctx)
+            return await handler(ctx)  # the completion carries the run's effects
         except Deferred as exc:
+            await self.completion.end(run)
             await self._defer(job, token, exc, bound)
             raise DelayedError(str(exc)) from exc
         except PermanentError as exc:
+            await self.completion.end(run)
             bound.warning("job_failed_permanently", reason=str(exc))
             raise UnrecoverableError(str(exc)) from exc
         except Exception as exc:
+            await self.completion.end(run)
             self._plan_retry(job, exc, bound)
             raise
-        finally:
-            await self._end_lease(run)
-
-    async def _end_lease(self, run: EffectRun) -> None:
-        """This run is over: end its effect lease (else it expires with the lock duration)."""
-        if self.effects is None or not run.leased:
-            return
-        try:
-            await self.effects.settle(run.job_id, run.token, {}, release=True)
-        except RedisTransientError:
-            self.effects.forget(run.job_id, run.token)
 
     def _context(self, job: Job, data: dict[str, Any], envelope: Envelope,
                  bound: FilteringBoundLogger, run: EffectRun) -> JobContext:
@@ -312,16 +311,19 @@ async def _start(settings: Settings, registry: HandlerRegistry, options: WorkerO
 
 async def _start_worker(settings: Settings, registry: HandlerRegistry, options: WorkerOptions,
                         client: aioredis.Redis, tokens: WorkspaceTokens | None) -> WorkerRuntime:
+    outage = RedisOutage()
     effects = EffectLog(client, settings.queue_prefix, settings.queue_name,
-                        lease_ms=options.lock_duration_ms)
+                        lease_ms=options.lock_duration_ms, outage=outage)
     dispatcher = Dispatcher(
         registry,
         make_client(None if tokens else settings.bot_token(), settings.slack_api_url),
         limiter=Limiter(client, settings.queue_prefix, settings.queue_name, options.limits),
         effects=effects,
         tokens=tokens,
+        outage=outage,
     )
     worker = build_worker(settings, dispatcher, options)
+    complete_with(worker, dispatcher.completion)
     extend_leases_with_locks(worker, effects)
     renew_locks_until_jobs_end(worker)
     instrument_worker(worker, settings)  # Prometheus listeners; serves METRICS_PORT when set
