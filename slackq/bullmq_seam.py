@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -72,6 +72,9 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq ships no type inf
     in turn in `Worker.run`).
     """
 
+    # Awaited before each fetch: slackq's backoff while Redis fails (worker/outage.py).
+    before_fetch: Callable[[], Awaitable[None]] | None = None
+
     def __init__(self, name: str, processor: Any, opts: dict[str, Any]) -> None:
         super().__init__(name, processor, opts)
         self._fetched: dict[str, Any] = {}
@@ -103,6 +106,8 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq ships no type inf
         turn without touching Redis.
         """
         async with self._fetching:
+            if self.before_fetch is not None:
+                await self.before_fetch()
             if self.closing or self.paused:
                 return None
             job: Job | None = await super().getNextJob(token)

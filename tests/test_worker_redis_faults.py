@@ -20,10 +20,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
-from slackq.embedded import RedisProcess
+from slackq.embedded import RedisProcess, free_port
 from slackq.settings import Settings
 from tests.held_slack import HeldSlack
 from tests.processes import process_env
@@ -63,32 +64,33 @@ def workers() -> Iterator[list[WorkerProc]]:
 
 
 def start_worker(server: RedisProcess, held: HeldSlack, tmp_path: Path, name: str = "worker",
-                 **env: str) -> WorkerProc:
+                 concurrency: int = JOBS, **env: str) -> WorkerProc:
     worker = WorkerProc(name, process_env(
         REDIS_URL=server.url, SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_API_URL=held.base_url,
-        WORKER_RATE_PER_CHANNEL="0", WORKER_CONCURRENCY=str(JOBS), **env), tmp_path)
+        WORKER_RATE_PER_CHANNEL="0", WORKER_CONCURRENCY=str(concurrency), **env), tmp_path)
     worker.wait_for_event("worker_started")
     return worker
 
 
-def put_jobs_in_flight(server: RedisProcess, held: HeldSlack) -> None:
+def put_jobs_in_flight(server: RedisProcess, held: HeldSlack, count: int = JOBS) -> None:
     async def add() -> None:
         queue = make_queue(Settings(redis_url=server.url))
         try:
-            for event_id, channel in zip(EVENT_IDS, CHANNELS, strict=True):
+            for event_id, channel in zip(EVENT_IDS[:count], CHANNELS, strict=False):
                 await add_mention(queue, event_id, channel=channel)
         finally:
             await queue.close()
 
     asyncio.run(add())
-    wait_until_sync(lambda: held.posts_arrived() == JOBS, 30, "every job inside its Slack call")
+    wait_until_sync(lambda: held.posts_arrived() == count, 30, "every job inside its Slack call")
 
 
-def wait_all_completed(server: RedisProcess, within: float) -> None:
+def wait_all_completed(server: RedisProcess, within: float, count: int = JOBS) -> None:
     settings = Settings(redis_url=server.url)
     with redis.Redis.from_url(server.url, decode_responses=True) as client:
         wait_until_sync(lambda: all(sync_job_state(client, settings, job_id) == "completed"
-                                    for job_id in EVENT_IDS), within, "every job completed")
+                                    for job_id in EVENT_IDS[:count]), within,
+                        "every job completed")
 
 
 def assert_posted_once_each(held: HeldSlack, fault: str) -> None:
@@ -131,6 +133,42 @@ def test_redis_refusing_writes_for_10s_doubles_no_post(
     free(client)
     wait_all_completed(server, 60)
     assert_posted_once_each(held, "Redis refusing writes 10 s")
+
+
+@pytest.mark.slow
+def test_a_10s_outage_logs_a_bounded_number_of_lines_and_counts_the_errors(
+    server: RedisProcess, held: HeldSlack, workers: list[WorkerProc], tmp_path: Path,
+) -> None:
+    """Concurrency 10, every slot holding a job when Redis starts refusing writes: one line per
+    backoff step (0.25 s doubling to 2 s: 8 in 10 s), not one per attempt per slot."""
+    port = free_port()
+    worker = start_worker(server, held, tmp_path, concurrency=10, METRICS_PORT=str(port))
+    workers.append(worker)
+    put_jobs_in_flight(server, held, count=10)
+    assert redis_errors(port) == 0
+    logged_before = len(worker.output().splitlines())
+    client = fill(server)
+    held.release()
+    time.sleep(10)  # the fault's duration (the scenario, not a wait for an effect)
+    during = worker.output().splitlines()[logged_before:]
+    free(client)
+    wait_all_completed(server, 60, count=10)
+    errors = redis_errors(port)
+    # Beyond each job's own `slack_reply_posted` (info): warnings and errors only.
+    alarms = [line for line in during if '"level": "warning"' in line
+              or '"level": "error"' in line or not line.startswith("{")]
+    print(f"10 s of refused writes, concurrency 10: {len(alarms)} warning/error lines "
+          f"({len(during)} lines in all), {errors:.0f} Redis errors counted")
+    assert 0 < len(alarms) <= 15
+    assert errors > len(alarms)
+    assert held.posts_per_channel() == dict.fromkeys(CHANNELS[:10], 1)
+
+
+def redis_errors(port: int) -> float:
+    """`slackq_worker_redis_errors_total` summed over its labels, from the worker's /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("slackq_worker_redis_errors_total{"))
 
 
 @pytest.mark.slow

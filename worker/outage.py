@@ -129,6 +129,13 @@ class RedisOutage:
         log.info("redis_available", seconds=round(self.clock() - streak.started, 1),
                  errors=streak.errors)
 
+    async def wait_out(self) -> None:
+        """During an outage, sleep until the current backoff step ends (fetching jobs waits
+        here, so a process does not ask a failing Redis for work in a loop)."""
+        streak = self._streak
+        if streak is not None:
+            await asyncio.sleep(max(0.0, streak.step_ends - self.clock()))
+
     async def backoff(self, error: BaseException, where: str) -> None:
         """Count `error`, then sleep until the current backoff step ends."""
         self.failed(error, where)

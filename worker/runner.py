@@ -50,7 +50,7 @@ from worker.errors import (
 )
 from worker.limiter import Limiter, Limits
 from worker.metrics import instrument_worker, record_deferred
-from worker.outage import RedisOutage
+from worker.outage import RedisOutage, is_transient
 from worker.pool import worker_connection
 from worker.registry import HandlerRegistry
 from worker.retry import defer_delay_ms
@@ -209,14 +209,23 @@ def build_worker(settings: Settings, dispatcher: Dispatcher, options: WorkerOpti
         },
     )
     set_worker_retry(worker, command_retry(options.lock_duration_ms).build())
-    _log_worker_events(worker)
+    _log_worker_events(worker, dispatcher.outage)
+    if isinstance(worker, FetchNextWorker):
+        worker.before_fetch = dispatcher.outage.wait_out
     return worker
 
 
-def _log_worker_events(worker: Worker) -> None:
-    """Listen to every event: an `error` with no listener is dropped silently by the port."""
+def _log_worker_events(worker: Worker, outage: RedisOutage) -> None:
+    """Listen to every event: an `error` with no listener is dropped silently by the port.
+
+    Redis failures (a fetch, a lock renewal, the stalled check refused or timed out) go to the
+    process's `RedisOutage`: counted each, logged once per backoff step.
+    """
 
     def on_error(error: Exception, job: Job | None = None) -> None:
+        if is_transient(error):
+            outage.failed(error, "bullmq")
+            return
         log.error("worker_error", error=repr(error), job_id=getattr(job, "id", None))
 
     def on_failed(job: Job, error: Exception) -> None:
