@@ -177,6 +177,7 @@ def render(settings: Settings | None = None) -> str:
         backoff_series=", ".join(str(delay) for delay in delays),
         remove_on_complete=_json_inline(options["removeOnComplete"]),
         remove_on_fail=_json_inline(options["removeOnFail"]),
+        stack_trace_limit=options["stackTraceLimit"],
         dedup_ttl=settings.job_deduplication_ttl_ms,
         schemas=_schemas(),
     ).rstrip() + "\n"

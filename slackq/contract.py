@@ -17,6 +17,11 @@ from typing import Any
 from slackq.retry_policy import RetryPolicy
 from slackq.settings import Settings
 
+# The tracebacks a failed job keeps (BullMQ `stackTraceLimit`): the last attempt's. Each attempt
+# appends one (~2 KB) and `failedReason` already says what went wrong; five of them made a
+# failed job ~14 KB. A constant, not a setting: nobody tunes how much of a traceback to keep.
+STACK_TRACE_LIMIT = 1
+
 
 class InvalidJobId(ValueError):
     """A job id that Node BullMQ would reject (integer-like or containing ':')."""
@@ -46,6 +51,7 @@ class JobOptions:
     keep_completed_seconds: int
     keep_completed_count: int
     keep_failed_seconds: int
+    keep_failed_count: int
     deduplication_ttl_ms: int
 
     @classmethod
@@ -55,6 +61,7 @@ class JobOptions:
             keep_completed_seconds=settings.job_keep_completed_seconds,
             keep_completed_count=settings.job_keep_completed_count,
             keep_failed_seconds=settings.job_keep_failed_seconds,
+            keep_failed_count=settings.job_keep_failed_count,
             deduplication_ttl_ms=settings.job_deduplication_ttl_ms,
         )
 
@@ -66,7 +73,8 @@ class JobOptions:
             **self.retry.to_opts(),
             "removeOnComplete": {"age": self.keep_completed_seconds,
                                  "count": self.keep_completed_count},
-            "removeOnFail": {"age": self.keep_failed_seconds},
+            "removeOnFail": {"age": self.keep_failed_seconds, "count": self.keep_failed_count},
+            "stackTraceLimit": STACK_TRACE_LIMIT,
             "deduplication": {"id": job_id, "ttl": self.deduplication_ttl_ms},
         }
 

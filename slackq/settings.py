@@ -212,6 +212,11 @@ class Settings(BaseSettings):
         default=86_400, ge=1,
         description="How long a failed job stays in Redis for inspection, with its error "
                     "(BullMQ `removeOnFail.age`).")
+    job_keep_failed_count: int = Field(
+        default=10_000, ge=0,
+        description="At most this many failed jobs stay in Redis (BullMQ `removeOnFail.count`): "
+                    "with `JOB_KEEP_FAILED_SECONDS` alone, a revoked token failing every job "
+                    "fills Redis. `0` keeps none.")
     job_deduplication_ttl_ms: int = Field(
         default=3_600_000, ge=1,
         description="How long a Slack delivery's id is remembered, even after its job is gone, so "

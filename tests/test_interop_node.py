@@ -155,7 +155,7 @@ async def assert_failed_and_kept_24h(aredis: aioredis.Redis, settings: Settings,
     job = trace.final
     assert job.state == "failed"
     assert job.attempts_made == opts["attempts"]
-    assert job.opts["removeOnFail"] == {"age": DAY_SECONDS}
+    assert job.opts["removeOnFail"] == {"age": DAY_SECONDS, "count": 10_000}
     # The stored options are still the producer's (slackq's worker computes Node's jittered
     # delay itself but must not rewrite `backoff` for the next consumer).
     assert {key: job.opts[key] for key in ("attempts", "backoff", "removeOnComplete")} == {
@@ -183,7 +183,7 @@ async def test_node_worker_sees_the_webhooks_jobs_as_slackq_enqueued_them(
         job, expected = seen[request.job_id], job_options(request.job_id, settings)
         assert (job["name"], job["data"], job["attemptsMade"]) == (request.name, request.data, 0)
         for option in ("attempts", "backoff", "removeOnComplete", "removeOnFail",
-                       "deduplication"):
+                       "stackTraceLimit", "deduplication"):
             assert job["opts"][option] == expected[option], (request.name, option)
         # Node's completion is readable by the Python port as well.
         done = await Job.fromId(bull_queue, request.job_id)

@@ -30,7 +30,8 @@ def test_default_job_options_are_the_documented_contract() -> None:
         "attempts": 5,
         "backoff": {"type": "exponential", "delay": 1000, "jitter": 0.5},
         "removeOnComplete": {"age": 3600, "count": 1000},
-        "removeOnFail": {"age": 86400},
+        "removeOnFail": {"age": 86400, "count": 10_000},
+        "stackTraceLimit": 1,
         "deduplication": {"id": "Ev0OPTS0001", "ttl": 3_600_000},
     }
     assert RetryPolicy.from_settings(DEFAULTS).longest_delays_ms() == [1000, 2000, 4000, 8000]
@@ -40,6 +41,7 @@ def test_job_options_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     for name, value in {"JOB_ATTEMPTS": "3", "JOB_BACKOFF_DELAY_MS": "250",
                         "JOB_BACKOFF_JITTER": "0", "JOB_KEEP_COMPLETED_SECONDS": "60",
                         "JOB_KEEP_COMPLETED_COUNT": "10", "JOB_KEEP_FAILED_SECONDS": "600",
+                        "JOB_KEEP_FAILED_COUNT": "50",
                         "JOB_DEDUPLICATION_TTL_MS": "90000"}.items():
         monkeypatch.setenv(name, value)
     options = JobOptions.from_settings(load_settings()).for_job("Ev0OPTS0002")
@@ -48,7 +50,8 @@ def test_job_options_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
         "attempts": 3,
         "backoff": {"type": "exponential", "delay": 250},  # no jitter key when 0, as before
         "removeOnComplete": {"age": 60, "count": 10},
-        "removeOnFail": {"age": 600},
+        "removeOnFail": {"age": 600, "count": 50},
+        "stackTraceLimit": 1,
         "deduplication": {"id": "Ev0OPTS0002", "ttl": 90_000},
     }
 

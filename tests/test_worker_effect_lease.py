@@ -18,7 +18,7 @@ from tests.held_slack import HeldSlack
 from tests.waiting import wait_until
 from tests.worker_app import app_registry
 from tests.worker_helpers import add_mention, job_key, job_state, make_queue
-from worker.effects import EffectLeased, EffectLog, EffectUnsettled
+from worker.effects import EffectLeased, EffectLog, EffectUnsettled, JobGone
 from worker.limiter import Limits
 from worker.runner import WorkerOptions, start_worker
 
@@ -46,6 +46,11 @@ async def queue(settings: Settings) -> AsyncIterator[Queue]:
 
 async def test_the_claim_script_grants_one_run_at_a_time(aclient: aioredis.Redis) -> None:
     log = EffectLog(aclient, "bull", "q", lease_ms=300)
+    with pytest.raises(JobGone):  # no job hash: nothing is created for it
+        await log.claim("J1", "reply", "run-a")
+    assert await aclient.exists("bull:q:J1") == 0
+    for job_id in ("J1", "J2"):
+        await aclient.hset(f"bull:q:{job_id}", "name", "app_mention")  # the jobs' BullMQ hashes
     assert (await log.claim("J1", "reply", "run-a")).duplicate is False
     with pytest.raises(EffectLeased):  # a live lease held by another run
         await log.claim("J1", "reply", "run-b")

@@ -117,7 +117,8 @@ async def test_permanent_slack_errors_fail_at_once_with_the_code_in_the_reason(
         fields = await aclient.hgetall(job_key(settings, job_id))
         assert code in fields["failedReason"]
         assert fields["atm"] == "1"
-        assert json.loads(fields["opts"])["removeOnFail"] == {"age": 86_400}  # kept 24 h
+        # Kept 24 h, at most 10,000 of them, with the last attempt's traceback only.
+        assert json.loads(fields["opts"])["removeOnFail"] == {"age": 86_400, "count": 10_000}
     assert len(fake_slack.calls_to("chat.postMessage")) == len(codes)  # none retried
 
 
@@ -198,8 +199,8 @@ async def test_a_rerun_skips_the_recorded_post_and_a_lost_record_is_counted(
     runtime = await start(lock_duration_ms=1_000)  # how long a re-run waits for a lost record
     await add_mention(queue, "Ev0ONCE0001")
     await state_is(aclient, settings, "Ev0ONCE0001", "completed")
-    effects_key = f"{settings.queue_prefix}:slackq:{settings.queue_name}:effects:Ev0ONCE0001"
-    recorded = json.loads(await aclient.hget(effects_key, "done:reply"))
+    effects_key = job_key(settings, "Ev0ONCE0001")  # recorded in the job's own hash
+    recorded = json.loads(await aclient.hget(effects_key, "slackq:done:reply"))
     assert recorded == {"channel": "C0CHAN001", "ts": recorded["ts"]}
 
     # Run the same job again, as after a crash: the recorded reply is not posted twice.
@@ -210,8 +211,8 @@ async def test_a_rerun_skips_the_recorded_post_and_a_lost_record_is_counted(
 
     # The window that remains: a run that began the call died before its record. The re-run
     # waits once for that run's record, then posts again; the duplicate is detected and counted.
-    await aclient.hdel(effects_key, "done:reply")
-    await aclient.hset(effects_key, "start:reply", "token-of-a-dead-run")
+    await aclient.hdel(effects_key, "slackq:done:reply")
+    await aclient.hset(effects_key, "slackq:start:reply", "token-of-a-dead-run")
     await job.retry("completed")
     await wait_until(lambda: _atm_is(aclient, settings, "Ev0ONCE0001", 3), 15, "third run")
     assert len(fake_slack.calls_to("chat.postMessage")) == 2

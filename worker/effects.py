@@ -1,12 +1,18 @@
 """Slack side effects of a job: a lease per run, and a record per call Slack accepted.
 
-Per job, under `<prefix>:slackq:<queue>:effects:<job id>`:
+The records live in the job's own BullMQ hash `<prefix>:<queue>:<job id>`, so they last exactly
+as long as the job can run again and go with it (BullMQ's `removeOnComplete` / `removeOnFail`,
+`slackq clean`); once the job is gone its id cannot come back while its deduplication key lives
+(`JOB_DEDUPLICATION_TTL_MS`), and Slack redelivers for ~6 minutes only. Fields:
 
-* the hash holds `done:<name>`, what Slack answered for effect `name` (e.g. `{"channel", "ts"}`),
-  and `start:<name>`, the lock token of the last run that began the call without recording it;
-* `...:lease` is the lock token of the one run that may call Slack for this job now. It is set
-  with the job's lock token and a TTL of the lock duration, and extended whenever BullMQ renews
-  that lock, so it lives exactly as long as the run could still hold the job.
+* `slackq:done:<name>`: what Slack answered for effect `name` (e.g. `{"channel", "ts"}`);
+* `slackq:start:<name>`: the lock token of the last run that began the call without recording
+  it; `slackq:wait:<name>`: the start a later run already waited out once.
+
+`<prefix>:slackq:<queue>:effects:<job id>:lease` is the lock token of the one run that may call
+Slack for this job now. It is set with the job's lock token and a TTL of the lock duration, and
+extended whenever BullMQ renews that lock, so it lives as long as the run could still hold the
+job.
 
 `claim` decides, in one script call, what a run may do for effect `name`:
 
@@ -19,6 +25,8 @@ Per job, under `<prefix>:slackq:<queue>:effects:<job id>`:
   record is still missing after that, the earlier run is taken to be dead: the call goes ahead,
   logged as `slack_effect_possible_duplicate` and counted in `...:effects:possible-duplicates`.
 * otherwise the run takes the lease and calls.
+
+The scripts never create the job hash: a job removed while it runs records nothing.
 """
 
 from __future__ import annotations
@@ -32,66 +40,64 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from worker.errors import Deferred, RedisTransientError
+from worker.errors import Deferred, PermanentError, RedisTransientError
 from worker.outage import RedisOutage, is_transient
 
-# Set with PEXPIRE (granted by the least-privilege ACL in docs/security.md, like EXPIRE).
-EFFECT_TTL_MS = 86_400_000
 # A handler still busy this long after Slack's answer gets its record written on its own round
 # trip; one that finishes sooner sends it with its completion (one round trip for both).
 RECORD_DELAY_SECONDS = 0.05
 # Only what a re-run may need from a Slack answer; never message bodies.
 KEPT_FIELDS = ("channel", "ts", "thread_ts", "id", "scheduled_message_id")
 
-# KEYS: record hash, lease, duplicates counter.
-# ARGV: name, token, lease ms, wait ms, record ttl ms.
-# Reply: {'done', json} | {'leased', ms} | {'unsettled', ms} | {'go', duplicate 0/1}.
+# KEYS: job hash, lease, duplicates counter. ARGV: name, token, lease ms, wait ms.
+# Reply: {'done', json} | {'leased', ms} | {'unsettled', ms} | {'go', duplicate 0/1} | {'gone', 0}.
 CLAIM_LUA = """
-local done = redis.call('HGET', KEYS[1], 'done:' .. ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone', 0} end
+local done = redis.call('HGET', KEYS[1], 'slackq:done:' .. ARGV[1])
 if done then return {'done', done} end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[2] then
   return {'leased', redis.call('PTTL', KEYS[2])}
 end
-local started = redis.call('HGET', KEYS[1], 'start:' .. ARGV[1])
+local started = redis.call('HGET', KEYS[1], 'slackq:start:' .. ARGV[1])
 local duplicate = 0
 if started and started ~= ARGV[2] then
-  if redis.call('HGET', KEYS[1], 'wait:' .. ARGV[1]) ~= started then
-    redis.call('HSET', KEYS[1], 'wait:' .. ARGV[1], started)
+  if redis.call('HGET', KEYS[1], 'slackq:wait:' .. ARGV[1]) ~= started then
+    redis.call('HSET', KEYS[1], 'slackq:wait:' .. ARGV[1], started)
     return {'unsettled', tonumber(ARGV[4])}
   end
   duplicate = 1
   redis.call('INCR', KEYS[3])
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('HSET', KEYS[1], 'start:' .. ARGV[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('HSET', KEYS[1], 'slackq:start:' .. ARGV[1], ARGV[2])
 return {'go', duplicate}
 """
 
-# KEYS: record hash, lease. ARGV: token, release ('1' or ''), record ttl ms, then name/json pairs.
+# KEYS: job hash, lease. ARGV: token, release ('1' or ''), then name/json pairs.
 # Records what Slack accepted and (with release) ends this run's lease: idempotent.
 SETTLE_LUA = """
-for i = 4, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], 'done:' .. ARGV[i], ARGV[i + 1])
-  redis.call('HDEL', KEYS[1], 'start:' .. ARGV[i], 'wait:' .. ARGV[i])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  for i = 3, #ARGV, 2 do
+    redis.call('HSET', KEYS[1], 'slackq:done:' .. ARGV[i], ARGV[i + 1])
+    redis.call('HDEL', KEYS[1], 'slackq:start:' .. ARGV[i], 'slackq:wait:' .. ARGV[i])
+  end
 end
-if #ARGV >= 4 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 if ARGV[2] == '1' and redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('DEL', KEYS[2])
 end
 return 1
 """
 
-# KEYS: record hash. ARGV: name, token, refused ('1' or ''). The call failed: if Slack refused it,
+# KEYS: job hash. ARGV: name, token, refused ('1' or ''). The call failed: if Slack refused it,
 # it never happened (forget the start); otherwise nobody knows, but no answer will ever be
 # recorded, so a later run need not wait for one (mark the start as waited out).
 ABANDON_LUA = """
-if redis.call('HGET', KEYS[1], 'start:' .. ARGV[1]) == ARGV[2] then
+if redis.call('HGET', KEYS[1], 'slackq:start:' .. ARGV[1]) == ARGV[2] then
   if ARGV[3] == '1' then
-    redis.call('HDEL', KEYS[1], 'start:' .. ARGV[1])
+    redis.call('HDEL', KEYS[1], 'slackq:start:' .. ARGV[1])
   else
-    redis.call('HSET', KEYS[1], 'wait:' .. ARGV[1], ARGV[2])
+    redis.call('HSET', KEYS[1], 'slackq:wait:' .. ARGV[1], ARGV[2])
   end
 end
 return 1
@@ -133,6 +139,12 @@ class EffectUnsettled(Deferred):
         super().__init__(delay_seconds, "effect of an earlier run not recorded yet")
 
 
+class JobGone(PermanentError):
+    """The job's hash is gone (removed while it ran): nothing to call Slack for."""
+
+    code = "job_removed"
+
+
 @dataclass(frozen=True)
 class Claim:
     """What `EffectLog.claim` allows: `recorded` (skip the call) or a call, maybe a duplicate."""
@@ -148,6 +160,7 @@ class EffectLog:
                  lease_ms: int, outage: RedisOutage | None = None) -> None:
         self.client = client
         self.outage = outage or RedisOutage()
+        self.jobs = f"{prefix}:{queue}"  # BullMQ's job hashes: `<prefix>:<queue>:<job id>`
         self.base = f"{prefix}:slackq:{queue}:effects"
         self.lease_ms = lease_ms
         self.held: dict[str, str] = {}  # job id -> token of the leases this process holds
@@ -157,7 +170,8 @@ class EffectLog:
         self._extend = client.register_script(EXTEND_LUA)
 
     def key(self, job_id: str) -> str:
-        return f"{self.base}:{job_id}"
+        """The job's hash, where its effects are recorded."""
+        return f"{self.jobs}:{job_id}"
 
     def lease_key(self, job_id: str) -> str:
         return f"{self.base}:{job_id}:lease"
@@ -169,8 +183,10 @@ class EffectLog:
     async def claim(self, job_id: str, name: str, token: str) -> Claim:
         """May this run (`token`) call effect `name` now? Raises `Deferred` when it may not."""
         keys = [self.key(job_id), self.lease_key(job_id), self.duplicates_key]
-        args: list[str | int] = [name, token, self.lease_ms, self.lease_ms, EFFECT_TTL_MS]
+        args: list[str | int] = [name, token, self.lease_ms, self.lease_ms]
         kind, value = await self._run(self._claim(keys=keys, args=args))
+        if kind == "gone":
+            raise JobGone(f"job {job_id} was removed while it ran")
         if kind == "done":
             return Claim(recorded=json.loads(value))
         if kind == "leased":
@@ -184,7 +200,7 @@ class EffectLog:
                     release: bool) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of the settle script: write `records` (name -> encoded answer), and
         with `release` end this run's lease."""
-        args: list[Any] = [token, "1" if release else "", EFFECT_TTL_MS]
+        args: list[Any] = [token, "1" if release else ""]
         for name, encoded in records.items():
             args += [name, encoded]
         return [self.key(job_id), self.lease_key(job_id)], args
@@ -271,7 +287,7 @@ class EffectLog:
 
     async def recorded(self, job_id: str, name: str) -> dict[str, Any] | None:
         """The recorded answer of effect `name`, or None."""
-        raw = await self._run(self.client.hget(self.key(job_id), f"done:{name}"))
+        raw = await self._run(self.client.hget(self.key(job_id), f"slackq:done:{name}"))
         return json.loads(raw) if raw else None
 
     async def possible_duplicates(self) -> int:
