@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from bullmq import Queue
 from structlog.testing import capture_logs
 
+from harness.slack_standin import FakeSlack
 from slackq.settings import Settings
 from tests.held_slack import HeldSlack
 from tests.waiting import wait_until
@@ -146,3 +147,36 @@ async def _held_throughout(client: aioredis.Redis, key: str, seconds: float) -> 
 
 async def _state_is(client: aioredis.Redis, settings: Settings, job_id: str, state: str) -> bool:
     return await job_state(client, settings, job_id) == state
+
+
+async def test_a_paced_recorded_call_costs_two_round_trips_per_job(
+    settings: Settings, fake_slack: FakeSlack, queue: Queue, aclient: aioredis.Redis,
+) -> None:
+    """Pacing check + effect claim in one script call; the record, the lease's end and the
+    completion in one MULTI (issue 18's budget: two round trips per job, fetch-next included)."""
+    jobs = 30
+    for n in range(jobs):  # one team and channel each: no job waits for the pace
+        await add_mention(queue, f"Ev0TRIPS{n:03d}", channel=f"C0TRIP{n:03d}",
+                          team_id=f"T0TRIP{n:03d}")
+    await aclient.config_resetstat()
+    runtime = await start_worker(settings, app_registry(), replace(
+        WorkerOptions.from_settings(settings), grace_seconds=3))  # default pacing: on
+    try:
+        await wait_until(lambda: _all_completed(aclient, settings, jobs), 20, "all completed")
+    finally:
+        await runtime.stop()
+    calls = {name.removeprefix("cmdstat_"): int(stats["calls"])
+             for name, stats in (await aclient.info("commandstats")).items()}
+    assert len(fake_slack.calls_to("chat.postMessage")) == jobs
+    # One transaction per job, its completion, carrying the record and the lease's end (sent
+    # again by the first completions, which load BullMQ's script into the fresh Redis).
+    assert calls["multi"] == calls["exec"] == calls["eval"]
+    assert jobs <= calls["multi"] <= jobs + 5
+    # The claim (with the pacing check) and the completion's moveToFinished per job; besides
+    # them a few fetches, lock renewals and stalled checks, but not a third script per job.
+    assert 2 * jobs <= calls["evalsha"] <= 2 * jobs + 20
+
+
+async def _all_completed(client: aioredis.Redis, settings: Settings, count: int) -> bool:
+    return int(await client.zcard(f"{settings.queue_prefix}:{settings.queue_name}:completed")) \
+        == count

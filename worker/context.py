@@ -58,11 +58,18 @@ class JobSlack:
         name = effect or method
         token = await self._token()  # before any pacing or claim: no installation, no Slack call
         channel = params.get("channel")
-        if self.limiter is not None and method in PACED_METHODS and isinstance(channel, str):
-            await self.limiter.acquire(self.team_id, channel, self.job_id)
+        paced = self.limiter is not None and method in PACED_METHODS and isinstance(channel, str)
         effects, run = self.effects, self.run
+        if paced and (effects is None or run is None):
+            assert self.limiter is not None and isinstance(channel, str)
+            await self.limiter.acquire(self.team_id, channel, self.job_id)
         if effects is not None and run is not None:
-            claim = await effects.claim(self.job_id, name, run.token)
+            pacing = None
+            if paced:  # the pacing check and the claim: one script call
+                assert self.limiter is not None and isinstance(channel, str)
+                pacing = (self.limiter.keys(self.team_id, channel, self.job_id),
+                          self.limiter.args())
+            claim = await effects.claim(self.job_id, name, run.token, pacing)
             if claim.recorded is not None:
                 self.log.info("slack_effect_skipped", effect=name, recorded=claim.recorded)
                 return {"ok": True, **claim.recorded, "skipped": True}

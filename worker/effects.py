@@ -41,6 +41,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from worker.errors import Deferred, PermanentError, RedisTransientError
+from worker.limiter import ACQUIRE_LUA, raise_if_paced
 from worker.outage import RedisOutage, is_transient
 
 # A handler still busy this long after Slack's answer gets its record written on its own round
@@ -49,30 +50,52 @@ RECORD_DELAY_SECONDS = 0.05
 # Only what a re-run may need from a Slack answer; never message bodies.
 KEPT_FIELDS = ("channel", "ts", "thread_ts", "id", "scheduled_message_id")
 
-# KEYS: job hash, lease, duplicates counter. ARGV: name, token, lease ms, wait ms.
-# Reply: {'done', json} | {'leased', ms} | {'unsettled', ms} | {'go', duplicate 0/1} | {'gone', 0}.
-CLAIM_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone', 0} end
-local done = redis.call('HGET', KEYS[1], 'slackq:done:' .. ARGV[1])
-if done then return {'done', done} end
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[2] then
-  return {'leased', redis.call('PTTL', KEYS[2])}
+def _claim_lua(keys: int, args: int, paced: bool) -> str:
+    """The claim's Lua, its KEYS (job hash, lease, duplicates counter) from KEYS[keys + 1] and
+    its ARGV (name, token, lease ms, wait ms) from ARGV[args + 1]; `paced`: it calls `pace()`
+    (the limiter's script) once the effect may go, and answers `{'paced', ms, scope}` if not.
+
+    Replies: {'done', json} | {'leased', ms} | {'unsettled', ms} | {'go', duplicate 0/1} |
+    {'gone', 0}.
+    """
+    pace = """
+local wait = pace()
+if tonumber(wait[1]) > 0 then return {'paced', wait[1], wait[2]} end
+""" if paced else ""
+    return f"""
+local job, lease, dups = KEYS[{keys + 1}], KEYS[{keys + 2}], KEYS[{keys + 3}]
+local name, token = ARGV[{args + 1}], ARGV[{args + 2}]
+if redis.call('EXISTS', job) == 0 then return {{'gone', 0}} end
+local done = redis.call('HGET', job, 'slackq:done:' .. name)
+if done then return {{'done', done}} end
+local holder = redis.call('GET', lease)
+if holder and holder ~= token then
+  return {{'leased', redis.call('PTTL', lease)}}
 end
-local started = redis.call('HGET', KEYS[1], 'slackq:start:' .. ARGV[1])
+local started = redis.call('HGET', job, 'slackq:start:' .. name)
 local duplicate = 0
-if started and started ~= ARGV[2] then
-  if redis.call('HGET', KEYS[1], 'slackq:wait:' .. ARGV[1]) ~= started then
-    redis.call('HSET', KEYS[1], 'slackq:wait:' .. ARGV[1], started)
-    return {'unsettled', tonumber(ARGV[4])}
+if started and started ~= token then
+  if redis.call('HGET', job, 'slackq:wait:' .. name) ~= started then
+    redis.call('HSET', job, 'slackq:wait:' .. name, started)
+    return {{'unsettled', tonumber(ARGV[{args + 4}])}}
   end
   duplicate = 1
-  redis.call('INCR', KEYS[3])
 end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('HSET', KEYS[1], 'slackq:start:' .. ARGV[1], ARGV[2])
-return {'go', duplicate}
+{pace}
+if duplicate == 1 then redis.call('INCR', dups) end
+redis.call('SET', lease, token, 'PX', ARGV[{args + 3}])
+redis.call('HSET', job, 'slackq:start:' .. name, token)
+return {{'go', duplicate}}
 """
+
+
+CLAIM_LUA = _claim_lua(0, 0, paced=False)
+# The limiter's check and the claim in one script call: the limiter's KEYS[1..5] and
+# ARGV[1..4] first (worker/limiter.py), the claim's after them. A recorded effect, or one
+# another run holds, is answered before any pacing slot is taken.
+_REPLICATE = "if redis.replicate_commands then pcall(redis.replicate_commands) end\n"
+PACED_CLAIM_LUA = (_REPLICATE + "local function pace()\n" + ACQUIRE_LUA.replace(_REPLICATE, "")
+                   + "\nend\n" + _claim_lua(5, 4, paced=True))
 
 # KEYS: job hash, lease. ARGV: token, release ('1' or ''), then name/json pairs.
 # Records what Slack accepted and (with release) ends this run's lease: idempotent.
@@ -165,6 +188,7 @@ class EffectLog:
         self.lease_ms = lease_ms
         self.held: dict[str, str] = {}  # job id -> token of the leases this process holds
         self._claim = client.register_script(CLAIM_LUA)
+        self._paced_claim = client.register_script(PACED_CLAIM_LUA)
         self._settle = client.register_script(SETTLE_LUA)
         self._abandon = client.register_script(ABANDON_LUA)
         self._extend = client.register_script(EXTEND_LUA)
@@ -180,11 +204,23 @@ class EffectLog:
     def duplicates_key(self) -> str:
         return f"{self.base}:possible-duplicates"
 
-    async def claim(self, job_id: str, name: str, token: str) -> Claim:
-        """May this run (`token`) call effect `name` now? Raises `Deferred` when it may not."""
+    async def claim(self, job_id: str, name: str, token: str,
+                    pacing: tuple[list[str], list[int]] | None = None) -> Claim:
+        """May this run (`token`) call effect `name` now? Raises `Deferred` when it may not.
+
+        `pacing`: the limiter's KEYS and ARGV (`Limiter.keys`, `Limiter.args`) for a paced
+        call: its check runs in the same script (`PacingLimited` when over the pace).
+        """
         keys = [self.key(job_id), self.lease_key(job_id), self.duplicates_key]
         args: list[str | int] = [name, token, self.lease_ms, self.lease_ms]
-        kind, value = await self._run(self._claim(keys=keys, args=args))
+        if pacing is None:
+            reply = await self._run(self._claim(keys=keys, args=args))
+        else:
+            reply = await self._run(self._paced_claim(keys=[*pacing[0], *keys],
+                                                      args=[*pacing[1], *args]))
+        kind, value = reply[0], reply[1]
+        if kind == "paced":
+            raise_if_paced(value, reply[2])
         if kind == "gone":
             raise JobGone(f"job {job_id} was removed while it ran")
         if kind == "done":

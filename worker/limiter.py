@@ -135,21 +135,23 @@ class Limiter:
             f"{self.base}:hold:{team_id}:{channel}",
         ]
 
-    async def acquire(self, team_id: str, channel: str, job_id: str) -> None:
-        """Take a slot now or raise `PacingLimited` with the wait in seconds."""
-        args = [
+    def args(self) -> list[int]:
+        """ARGV[1..4] of `ACQUIRE_LUA` (also of the effect log's paced claim)."""
+        return [
             Limits.interval_ms(self.limits.per_channel),
             Limits.interval_ms(self.limits.per_team),
             self.limits.team_burst,
             RESERVATION_TTL_MS,
         ]
+
+    async def acquire(self, team_id: str, channel: str, job_id: str) -> None:
+        """Take a slot now or raise `PacingLimited` with the wait in seconds."""
         try:
-            wait_ms, scope = await self._script(keys=self.keys(team_id, channel, job_id), args=args)
+            wait_ms, scope = await self._script(keys=self.keys(team_id, channel, job_id),
+                                                args=self.args())
         except RedisError as exc:
             raise RedisTransientError(f"rate limiter: {type(exc).__name__}") from exc
-        if int(wait_ms) > 0:
-            scope = scope.decode() if isinstance(scope, bytes) else str(scope)
-            raise PacingLimited(int(wait_ms) / 1000, scope)
+        raise_if_paced(wait_ms, scope)
 
     async def hold(self, team_id: str, channel: str, seconds: float) -> None:
         """Slack said 429 for this channel: give out no slot in it for `seconds`.
@@ -162,3 +164,10 @@ class Limiter:
             await self._hold(keys=[key], args=[math.ceil(seconds * 1000)])
         except RedisError as exc:
             raise RedisTransientError(f"rate limiter: {type(exc).__name__}") from exc
+
+
+def raise_if_paced(wait_ms: int | str, scope: str | bytes) -> None:
+    """`ACQUIRE_LUA`'s answer: nothing when the call may go, else `PacingLimited`."""
+    if int(wait_ms) > 0:
+        scope = scope.decode() if isinstance(scope, bytes) else str(scope)
+        raise PacingLimited(int(wait_ms) / 1000, scope)
