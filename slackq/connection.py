@@ -4,8 +4,9 @@ A profile says how one kind of client behaves. Its numbers are the constants bel
 command retry, which follows `WORKER_LOCK_DURATION_MS`, and the producer's timeouts, which follow
 the enqueue policy (`producers/enqueue.py`). Timeouts are socket / connect.
 
-* `BLOCKING`: the BullMQ Worker, its blocking wait for jobs and its scripts. No socket timeout,
-  5 s to connect, TCP keepalive, counts (re)connections. Its retry is the command retry, set by
+* `BLOCKING`: the BullMQ Worker, its blocking wait for jobs and its scripts. A 15 s socket
+  timeout (`BLOCK_BOUND_SECONDS`: BullMQ blocks for 10 s at most, so only a dead server trips
+  it), 5 s to connect, TCP keepalive, counts (re)connections. Its retry is the command retry, set by
   `slackq.bullmq_seam.set_worker_retry` once the port has built its clients. The port's single
   connection (`bullmq_connection`), or a lean pool of `WORKER_REDIS_CONNECTIONS` + 1
   (`worker/pool.py`).
@@ -22,12 +23,23 @@ the enqueue policy (`producers/enqueue.py`). Timeouts are socket / connect.
 Two corrections to the BullMQ port's defaults are the reason for `BLOCKING` and `PRODUCER`:
 
 * redis-py 8 sets a 5 s `socket_timeout`; BullMQ's idle blocking `BZPOPMIN` outlives it and new jobs
-  then wait up to ~20 s before pickup. BullMQ connections get `socket_timeout=None`.
+  then wait up to ~20 s before pickup. BullMQ connections get a timeout longer than any block
+  BullMQ asks for, but bounded: a wait on a primary that died without closing its sockets (a
+  machine lost, a partition) ends and reconnects, through Sentinel to the new primary.
 * The port retries a failed command 20 times with backoff capped at 20 s (~350 s in all). A webhook
   cannot wait that long: the producer's client does not retry at all.
 
 A profile's settings win over the same options in the URL's query string; everything else in the
-URL (credentials, database, TLS options, unix socket path) is used as given. Clients that count
+URL (credentials, database, TLS options, unix socket path) is used as given.
+
+Sentinel: `redis+sentinel://[[user]:password@]host:port[,host:port…]/<master>[/<db>]`
+(`rediss+sentinel://` for TLS to the data nodes and the sentinels; `sentinel_password` in the
+query string, which `REDIS_SENTINEL_PASSWORD` fills in, when the sentinels have their own). Every
+profile works on it: the client asks the sentinels for the primary whenever a connection opens,
+and a connection that meets an error or `READONLY` (a demoted primary) is dropped, so the next
+command finds the new primary (redis-py's `SentinelManagedConnection`). Profiles with a lean pool
+get `LeanSentinelConnectionPool` (slackq/sentinel_pool.py says why, and why its connections ask
+the sentinels on every reconnect). Clients that count
 their (re)connections for /metrics say so in their profile. Everything slackq reads from Redis is
 text: every client decodes responses.
 """
@@ -35,20 +47,30 @@ text: every client decodes responses.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+from urllib.parse import quote, unquote
 
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import AbstractBackoff, EqualJitterBackoff, ExponentialBackoff, NoBackoff
 from redis.exceptions import ResponseError
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry as SyncRetry
+from redis.sentinel import Sentinel as SyncSentinel
 
 from slackq.errors import RedisMisconfigured
 from slackq.metrics import track_connect
 from slackq.pool import lean_client
+from slackq.sentinel_pool import (
+    ClosesSentinels,
+    LeanSentinelConnectionPool,
+    SyncSentinelPool,
+    connection_class,
+)
 
 
 @dataclass(frozen=True)
@@ -101,7 +123,8 @@ class Profile:
         return dataclasses.replace(self, pool_size=size)
 
 
-BLOCKING = Profile("blocking", socket_timeout=None, connect_timeout=5, retry=None,
+BLOCK_BOUND_SECONDS = 15.0  # BullMQ's longest block (10 s) plus a margin
+BLOCKING = Profile("blocking", socket_timeout=BLOCK_BOUND_SECONDS, connect_timeout=5, retry=None,
                    keepalive=True, count_connects=True)
 PRODUCER_TIMEOUT_SECONDS = 0.5  # the webhook sets its own: WEBHOOK_REDIS_TIMEOUT_SECONDS
 PRODUCER = Profile("producer", socket_timeout=PRODUCER_TIMEOUT_SECONDS,
@@ -130,9 +153,80 @@ def command_profile(lock_duration_ms: int) -> Profile:
                    retry=command_retry(lock_duration_ms), keepalive=True)
 
 
-def redis_kwargs(url: str) -> dict[str, Any]:
-    """Keyword arguments for `redis.asyncio.Redis(...)` from a redis://, rediss:// or unix:// URL.
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+URL_SCHEMES = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES)
+DEFAULT_SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class SentinelAddress:
+    """What a `redis+sentinel://` URL says: where the sentinels are, which primary to ask them
+    for, and how to talk to the data nodes (`node`: database, credentials, query options)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    tls: bool
+    node: dict[str, Any] = field(default_factory=dict)
+    sentinel_password: str | None = None
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    if text.startswith("["):  # [IPv6]:port
+        host, _, port = text[1:].partition("]")
+        return host, int(port.lstrip(":") or DEFAULT_SENTINEL_PORT)
+    host, colon, port = text.rpartition(":")
+    return (host, int(port)) if colon else (text, DEFAULT_SENTINEL_PORT)
+
+
+def sentinel_address(url: str) -> SentinelAddress | None:
+    """The parts of a `redis+sentinel://` / `rediss+sentinel://` URL; None for other URLs.
+
+    Raise ValueError (no password in it) when the URL names no sentinel or no primary.
     """
+    if not url.startswith(SENTINEL_SCHEMES):
+        return None
+    scheme, rest = url.split("://", 1)
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, _, hosts = netloc.rpartition("@")
+    names = [unquote(part) for part in path.split("/") if part]
+    try:
+        sentinels = tuple(_host_port(host) for host in hosts.split(",") if host)
+        db = int(names[1]) if len(names) == 2 else None
+    except ValueError:
+        raise ValueError(f"{scheme}:// URL: a sentinel port or the database is not a number")\
+            from None
+    if not sentinels or not names or len(names) > 2:
+        raise ValueError(f"{scheme}:// URL must be {scheme}://[[user]:password@]host:port"
+                         "[,host:port…]/<master-name>[/<db>]")
+    node: dict[str, Any] = dict(parse_url(f"redis://localhost/?{query}")) if query else {}
+    node.pop("host", None)
+    sentinel_password = node.pop("sentinel_password", None)
+    if db is not None:
+        node["db"] = db
+    user, _, password = userinfo.partition(":")
+    if user:
+        node["username"] = unquote(user)
+    if password:
+        node["password"] = unquote(password)
+    return SentinelAddress(sentinels, names[0], scheme.startswith("rediss"), node,
+                           sentinel_password)
+
+
+def with_sentinel_password(url: str, password: str) -> str:
+    """`url` with the sentinels' password as its `sentinel_password` option (one the URL already
+    has wins)."""
+    if "sentinel_password=" in url:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}sentinel_password={quote(password, safe='')}"
+
+
+def redis_kwargs(url: str) -> dict[str, Any]:
+    """Keyword arguments for `redis.asyncio.Redis(...)` from a redis://, rediss:// or unix:// URL
+    (for a Sentinel URL: those of its data nodes, without host and port)."""
+    address = sentinel_address(url)
+    if address is not None:
+        return {**address.node, **({"ssl": True} if address.tls else {})}
     parsed: dict[str, Any] = dict(parse_url(url))
     connection_class = parsed.pop("connection_class", None)
     if connection_class is SSLConnection:
@@ -140,6 +234,22 @@ def redis_kwargs(url: str) -> dict[str, Any]:
     elif connection_class is UnixDomainSocketConnection:
         parsed["unix_socket_path"] = parsed.pop("path")
     return parsed
+
+
+def redis_location(url: str) -> str:
+    """`scheme://user@host:port/db` (Sentinel: `…@s1:p1,s2:p2/master/db`) for messages: never
+    a password."""
+    scheme = url.split("://", 1)[0]
+    kwargs = redis_kwargs(url)
+    address = sentinel_address(url)
+    if address is not None:
+        where = ",".join(f"{host}:{port}" for host, port in address.sentinels) \
+            + f"/{address.master}/{kwargs.get('db', 0)}"
+    else:
+        where = kwargs.get("unix_socket_path") or f"{kwargs.get('host', 'localhost')}:" \
+            f"{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+    user = kwargs.get("username")
+    return f"{scheme}://{user + '@' if user else ''}{where}"
 
 
 def is_unix_socket(url: str) -> bool:
@@ -170,6 +280,9 @@ def redis_client(url: str, profile: Profile, *, anonymous: bool = False) -> aior
         options["retry"] = profile.retry.build()
     if anonymous:
         options.update(username=None, password=None)
+    address = sentinel_address(url)
+    if address is not None:
+        return _sentinel_client(address, profile, options)
     if profile.pool_size is not None:
         return lean_client(url, profile.pool_size, decode_responses=True, **options)
     return aioredis.Redis(**{**redis_kwargs(url), **options}, decode_responses=True)
@@ -189,17 +302,73 @@ def sync_redis_client(url: str, profile: Profile, *, password: str | None = None
         options["retry"] = profile.retry.build_sync()
     if password is not None:
         options["password"] = password
+    address = sentinel_address(url)
+    if address is not None:
+        manager = SyncSentinel(  # type: ignore[no-untyped-call]
+            address.sentinels, sentinel_kwargs=_sentinel_kwargs(address, profile, sync=True))
+        client = manager.master_for(  # type: ignore[no-untyped-call]
+            address.master, connection_pool_class=SyncSentinelPool,
+            **_node_kwargs(address, options, sync=True))
+        return cast(redis.Redis, client)
     return redis.Redis(**{**redis_kwargs(url), **options}, decode_responses=True)
 
 
-def bullmq_connection(url: str) -> dict[str, Any]:
+def bullmq_connection(url: str) -> dict[str, Any] | aioredis.Redis:
     """The `connection` option of a BullMQ `Worker` / `Queue` for the `BLOCKING` profile, as
     options: the port builds its single-connection client from them.
 
     It adds `decode_responses` and its own retry itself (passing either is an error); the
-    worker then replaces that retry (`slackq.bullmq_seam.set_worker_retry`).
+    worker then replaces that retry (`slackq.bullmq_seam.set_worker_retry`). The port cannot
+    build a Sentinel client from options: for a Sentinel URL this is a client over two
+    connections (the blocking wait's and the commands'), as the port's own two.
     """
+    if sentinel_address(url) is not None:
+        return redis_client(url, BLOCKING.pooled(2))
     return {**redis_kwargs(url), **_profile_options(url, BLOCKING)}
+
+
+def _sentinel_kwargs(address: SentinelAddress, profile: Profile, *,
+                     sync: bool = False) -> dict[str, Any]:
+    """How to talk to the sentinels: the profile's connect timeout for every command (a
+    sentinel answers at once), no retry (the next sentinel is tried instead), TLS as the URL."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": profile.connect_timeout,
+        "socket_connect_timeout": profile.connect_timeout,
+        "password": address.sentinel_password,
+        "retry": NO_RETRY.build_sync() if sync else NO_RETRY.build(),
+        "decode_responses": True,
+    }
+    if address.tls:
+        kwargs["ssl"] = True
+        kwargs.update({k: v for k, v in address.node.items() if k.startswith("ssl_")})
+    return kwargs
+
+
+def _node_kwargs(address: SentinelAddress, options: dict[str, Any], *,
+                 sync: bool = False) -> dict[str, Any]:
+    kwargs = {**address.node, **options, "decode_responses": True}
+    if sync:
+        if address.tls:
+            kwargs["ssl"] = True  # the pool picks its TLS connection class from it
+    else:
+        kwargs["connection_class"] = connection_class(address.tls)
+    return kwargs
+
+
+def _sentinel_client(address: SentinelAddress, profile: Profile,
+                     options: dict[str, Any]) -> aioredis.Redis:
+    """A client of the primary `address` names, for `profile` (with its `options`)."""
+    manager = Sentinel(  # type: ignore[no-untyped-call]
+        address.sentinels, sentinel_kwargs=_sentinel_kwargs(address, profile))
+    kwargs = _node_kwargs(address, options)
+    pool_class: type[SentinelConnectionPool] = ClosesSentinels
+    if profile.pool_size is not None:
+        pool_class = LeanSentinelConnectionPool
+        kwargs["max_connections"] = profile.pool_size
+        kwargs["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)  # as lean
+    client = manager.master_for(
+        address.master, connection_pool_class=pool_class, **kwargs)
+    return cast(aioredis.Redis, client)
 
 
 async def eviction_policy(client: aioredis.Redis) -> str:

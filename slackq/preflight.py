@@ -13,20 +13,12 @@ import ssl
 
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 
-from slackq.connection import PATIENT_PROBE, redis_client, redis_kwargs
+from slackq.connection import PATIENT_PROBE, redis_client, redis_location
 from slackq.errors import RedisAuthFailed
 from slackq.logging import redact
 from slackq.settings import Settings
 
-
-def redis_location(url: str) -> str:
-    """`user@host:port/db` for messages: never the password."""
-    kwargs = redis_kwargs(url)
-    where = kwargs.get("unix_socket_path") or f"{kwargs.get('host', 'localhost')}:" \
-        f"{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
-    user = kwargs.get("username")
-    scheme = url.split("://", 1)[0]
-    return f"{scheme}://{user + '@' if user else ''}{where}"
+__all__ = ["check_credentials", "describe", "redis_location"]
 
 
 def describe(url: str, exc: BaseException) -> str:

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from slackq.ack import AckDurability
+from slackq.connection import URL_SCHEMES, sentinel_address, with_sentinel_password
 from slackq.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -32,7 +34,28 @@ class Settings(BaseSettings):
         default=DEFAULT_REDIS_URL,
         description="The Redis that holds the queue: `redis://`, `rediss://` (TLS) or `unix://`, "
                     "with user and password when it needs them. `python3 dev.py run` starts an "
-                    "embedded Redis when this is not set.")
+                    "embedded Redis when this is not set. Behind Sentinel: "
+                    "`redis+sentinel://[[user]:password@]host:port[,host:port…]/<master-name>"
+                    "[/<db>]` (`rediss+sentinel://` for TLS), listing the sentinels; the "
+                    "credentials are the data nodes' (docs/high-availability.md).")
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None,
+        description="The sentinels' own password, when they have one (`requirepass` in "
+                    "sentinel.conf). Only with a `redis+sentinel://` REDIS_URL.")
+    ack_durability: str = Field(
+        default="memory",
+        description="What a 200 to Slack promises about the stored job. `memory`: it is in the "
+                    "primary's memory (AOF `everysec` writes it to disk within a second). "
+                    "`replicas:N`: also on at least N replicas (`WAIT`), so it survives a "
+                    "failover. `fsync`: also in the primary's AOF on disk; `fsync+replicas:N`: "
+                    "and in N replicas' AOF (`WAITAOF`, Redis 7.2 or later: the web process "
+                    "refuses to start on an older server). Not confirmed within ACK_TIMEOUT_MS: "
+                    "503 (docs/high-availability.md).")
+    ack_timeout_ms: int = Field(
+        default=500, ge=1, le=2_500,
+        description="How long the webhook waits for ACK_DURABILITY's confirmation before it "
+                    "answers 503 (the job may be stored; Slack's redelivery of it stores "
+                    "nothing new).")
     slack_signing_secret: SecretStr | None = Field(
         default=None,
         description="Your Slack app's signing secret: the web process verifies every request "
@@ -230,12 +253,31 @@ class Settings(BaseSettings):
                              "WEBHOOK_ENQUEUE_BUDGET_SECONDS")
         return self
 
+    @model_validator(mode="after")
+    def _sentinel_password_in_url(self) -> Settings:
+        """Every client is built from REDIS_URL alone: the sentinels' password rides in it."""
+        password = self.redis_sentinel_password
+        if password is None or not password.get_secret_value():
+            return self
+        if sentinel_address(self.redis_url) is None:
+            raise ValueError("REDIS_SENTINEL_PASSWORD needs a redis+sentinel:// REDIS_URL")
+        url = with_sentinel_password(self.redis_url, password.get_secret_value())
+        object.__setattr__(self, "redis_url", url)  # frozen: set once, while validating
+        return self
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if not value.startswith(URL_SCHEMES):
+            raise ValueError("must start with " + ", ".join(URL_SCHEMES))
+        sentinel_address(value)  # ValueError names the expected form
         return value
+
+    @field_validator("ack_durability")
+    @classmethod
+    def _ack_durability(cls, value: str) -> str:
+        AckDurability.parse(value)  # ValueError names the accepted forms
+        return value.strip().lower()
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

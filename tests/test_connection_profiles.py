@@ -57,7 +57,7 @@ REDIS_PY_POOL = aioredis.ConnectionPool().max_connections  # redis-py's own pool
     (command_profile(1_000), (5.0, 5.0, 3, False, REDIS_PY_POOL, False)),
     (PRODUCER, (0.5, 0.5, 0, True, 64, True)),
     (PRODUCER.with_timeout(0.2), (0.2, 0.2, 0, True, 64, True)),
-    (BLOCKING.pooled(5), (None, 5, None, True, 5, True)),  # the worker sets its retry
+    (BLOCKING.pooled(5), (15.0, 5, None, True, 5, True)),  # the worker sets its retry
 ], ids=["probe", "patient-probe", "operator", "command", "command-short-lock", "producer",
         "producer-policy", "blocking-pooled"])
 async def test_each_profile_gives_the_client_it_promises(
@@ -114,7 +114,7 @@ def test_the_ports_options_leave_what_the_port_sets_to_the_port() -> None:
     """The port passes decode_responses and retry itself: passing them too is a TypeError."""
     options = bullmq_connection(URL)
     assert "decode_responses" not in options and "retry" not in options
-    assert options["socket_timeout"] is None and options["socket_connect_timeout"] == 5
+    assert options["socket_timeout"] == 15 and options["socket_connect_timeout"] == 5
     assert options["redis_connect_func"] is track_connect
 
 
