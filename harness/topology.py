@@ -1,0 +1,200 @@
+"""Redis topologies as local processes: one primary, two replicas and three sentinels.
+
+`SentinelTopology(base_dir).start()` starts them on free ports, each with its own directory
+(the data nodes with the project's redis.conf), and waits until every sentinel sees both
+replicas and the other two sentinels, so that a failover can happen at once. Sentinels decide
+fast: a primary is down after `down_after_ms` (1 s), and a failover that stalls is retried after
+`failover_timeout_ms`. `url` is the `redis+sentinel://` URL slackq's processes take.
+
+    python -m harness topology sentinel   # prints the URL; Ctrl-C stops everything
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from slackq.connection import PROBE, sync_redis_client
+from slackq.embedded import REDIS_CONF, RedisProcess, free_port, server_binary
+
+MASTER_NAME = "slackq"
+QUORUM = 2
+
+
+def _client(port: int) -> redis.Redis:
+    return sync_redis_client(f"redis://127.0.0.1:{port}/0", PROBE)
+
+
+def _ask(port: int, command: Callable[[redis.Redis], Any]) -> Any:
+    """`command` on a client of the server on `port`; None when it does not answer."""
+    client = _client(port)
+    try:
+        return command(client)
+    except (redis.ConnectionError, redis.TimeoutError):
+        return None
+    finally:
+        client.close()
+
+
+@dataclass
+class SentinelProcess:
+    """One `redis-server --sentinel` on 127.0.0.1, with its own (rewritable) config file."""
+
+    directory: Path
+    primary_port: int
+    down_after_ms: int
+    failover_timeout_ms: int
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def config(self) -> str:
+        return "\n".join([
+            f"port {self.port}", "bind 127.0.0.1", "daemonize no", f"dir {self.directory}",
+            f"logfile {self.directory / 'sentinel.log'}",
+            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.primary_port} {QUORUM}",
+            f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}",
+            f"sentinel failover-timeout {MASTER_NAME} {self.failover_timeout_ms}",
+            f"sentinel parallel-syncs {MASTER_NAME} 2", "",
+        ])
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        conf = self.directory / "sentinel.conf"
+        conf.write_text(self.config())
+        self.process = subprocess.Popen(
+            [server_binary(), str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def master(self) -> dict[str, Any]:
+        """What this sentinel knows of the primary (`SENTINEL MASTER`), {} when it is down."""
+        reply = _ask(self.port, lambda client: client.sentinel_master(MASTER_NAME))
+        return reply if isinstance(reply, dict) else {}
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+@dataclass
+class SentinelTopology:
+    """A primary, `replicas` replicas and `sentinels` sentinels, all local processes."""
+
+    base_dir: Path
+    replicas: int = 2
+    sentinels: int = 3
+    down_after_ms: int = 1_000
+    failover_timeout_ms: int = 3_000
+    overrides: dict[str, str] = field(default_factory=dict)  # for every data node
+    nodes: list[RedisProcess] = field(default_factory=list)
+    watchers: list[SentinelProcess] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{watcher.port}" for watcher in self.watchers)
+        return f"redis+sentinel://{hosts}/{MASTER_NAME}/0"
+
+    def start(self, timeout: float = 30.0) -> SentinelTopology:
+        """Start everything; return once the sentinels are ready to fail over."""
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, timeout: float) -> None:
+        for index in range(1 + self.replicas):
+            data_dir = self.base_dir / f"redis-{index}"
+            data_dir.mkdir(parents=True, exist_ok=True)
+            # A copy each: Sentinel sends CONFIG REWRITE to every node it reconfigures.
+            config = data_dir / "redis.conf"
+            shutil.copyfile(REDIS_CONF, config)
+            node = RedisProcess(data_dir=data_dir, config_file=config,
+                                overrides=dict(self.overrides))
+            node.start()
+            self.nodes.append(node)
+        for node in self.nodes[1:]:
+            _ask(node.port, lambda client: client.replicaof("127.0.0.1", self.nodes[0].port))
+        for index in range(self.sentinels):
+            watcher = SentinelProcess(self.base_dir / f"sentinel-{index}", self.nodes[0].port,
+                                      self.down_after_ms, self.failover_timeout_ms)
+            watcher.start()
+            self.watchers.append(watcher)
+        self._wait(self._ready, timeout, "the sentinels to see every replica and each other")
+
+    def _ready(self) -> bool:
+        for watcher in self.watchers:
+            state = watcher.master()
+            if (int(state.get("num-slaves", 0)) < self.replicas
+                    or int(state.get("num-other-sentinels", 0)) < self.sentinels - 1):
+                return False
+        return all(self.replica_in_sync(node) for node in self.nodes[1:])
+
+    @staticmethod
+    def replica_in_sync(node: RedisProcess) -> bool:
+        reply = _ask(node.port, lambda client: client.info("replication"))
+        return isinstance(reply, dict) and reply.get("master_link_status") == "up"
+
+    def primary_port(self) -> int | None:
+        """The primary's port as the sentinels' majority reports it (None: no answer)."""
+        votes: dict[int, int] = {}
+        for watcher in self.watchers:
+            reply = _ask(watcher.port,
+                         lambda client: client.sentinel_get_master_addr_by_name(MASTER_NAME))
+            if isinstance(reply, (list, tuple)) and len(reply) == 2:
+                votes[int(reply[1])] = votes.get(int(reply[1]), 0) + 1
+        best = max(votes.items(), key=lambda item: item[1], default=None)
+        return best[0] if best and best[1] >= QUORUM else None
+
+    def node(self, port: int) -> RedisProcess:
+        return next(node for node in self.nodes if node.port == port)
+
+    def kill_primary(self) -> RedisProcess:
+        """SIGKILL the current primary; return it (its `port` is the old primary's)."""
+        port = self.primary_port()
+        if port is None:
+            raise RuntimeError("the sentinels name no primary")
+        primary = self.node(port)
+        primary.kill()
+        return primary
+
+    def wait_failover(self, old_port: int, timeout: float = 30.0) -> int:
+        """Wait until the sentinels name a new primary that answers as one; return its port."""
+        def promoted() -> bool:
+            port = self.primary_port()
+            if port is None or port == old_port:
+                return False
+            reply = _ask(port, lambda client: client.role())
+            return isinstance(reply, list) and reply[:1] == ["master"]
+
+        self._wait(promoted, timeout, f"a primary other than :{old_port}")
+        port = self.primary_port()
+        assert port is not None
+        return port
+
+    def stop(self) -> None:
+        for watcher in self.watchers:
+            watcher.kill()
+        for node in self.nodes:
+            node.kill()
+
+    @staticmethod
+    def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError):
+                if condition():
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"waited {timeout}s for {what}")
