@@ -7,6 +7,7 @@ import sys
 
 import uvicorn
 
+from producers.ack import require_ack_support
 from producers.app import create_app
 from slackq.errors import ConfigError, RedisMisconfigured, StoreError
 from slackq.logging import configure_logging
@@ -24,6 +25,7 @@ def main() -> int:
     configure_logging(settings.log_format, settings.log_level)
     try:
         asyncio.run(check_credentials(settings.redis_url))  # wrong password/TLS: one line, exit 2
+        asyncio.run(require_ack_support(settings))  # ACK_DURABILITY=fsync on Redis < 7.2
     except RedisMisconfigured as exc:
         print(f"slackq web: {exc}", file=sys.stderr)
         return 2

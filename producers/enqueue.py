@@ -5,6 +5,9 @@ read-only replica during fail-over) with jittered exponential backoff, all insid
 keeps Slack's 3-second limit out of reach; then it gives up with `RedisUnavailable` (the webhook
 answers 503 and Slack redelivers). Retrying is safe: the job id makes a second `add` of a job that
 was in fact stored a no-op, and BullMQ's Lua script makes concurrent adds of one id store one job.
+
+Under `ACK_DURABILITY` other than `memory` a stored job is also confirmed (`producers/ack.py`)
+before `add` returns, within the same budget; not confirmed: `RedisUnavailable` too.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from producers.ack import confirmer_for
 from producers.batching import AddBatcher
 from producers.jobs import SlackJob
 from producers.metrics import observe_enqueue
@@ -93,6 +97,7 @@ class Enqueuer:
             {"connection": self._client, "prefix": settings.queue_prefix},
         )
         self._batcher = AddBatcher(self.queue)
+        self._confirmer = confirmer_for(settings, self.policy.attempt_timeout)
         self.job_options = JobOptions.from_settings(settings)
 
     async def add(self, job: SlackJob) -> str:
@@ -113,6 +118,8 @@ class Enqueuer:
                         async for attempt in self.policy.retrying():
                             with attempt:
                                 stored_id = await self._batcher.add(job.name, job.data, options)
+                if self._confirmer is not None:
+                    await self._confirmer.confirm()
         except TimeoutError as exc:
             raise RedisUnavailable(f"job {job.job_id} not stored within the budget") from exc
         except (RedisError, OSError) as exc:
@@ -129,3 +136,5 @@ class Enqueuer:
 
     async def close(self) -> None:
         await self.queue.close()
+        if self._confirmer is not None:
+            await self._confirmer.client.aclose()

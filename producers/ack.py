@@ -1,0 +1,135 @@
+"""`ACK_DURABILITY`: confirming what a 200 promises before the webhook sends it.
+
+`WAIT` and `WAITAOF` wait for the writes of the connection they are sent on. The webhook's adds
+go out on any connection of its pool (batched, `producers/batching.py`), so `AckConfirmer` does
+not wait on the add's connection: it writes a mark (`INCR <prefix>:<queue>:ack`) and waits in the
+same round trip. Redis replicates and appends to its AOF in one order, so once the mark is on N
+replicas (or on disk) so is every write the primary made before it: every add that had already
+returned when the mark was sent. Requests arriving while a confirmation is in flight share the
+next one, so under load one round trip confirms many jobs (as the batcher's pipelines store many).
+
+Not confirmed within `ACK_TIMEOUT_MS`: `AckNotConfirmed`, and the webhook answers 503. The job
+may well be stored; Slack redelivers the event and the job id makes the second add a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from slackq.ack import WAITAOF_SINCE, AckDurability
+from slackq.connection import PATIENT_PROBE, PRODUCER, redis_client, redis_location
+from slackq.errors import RedisMisconfigured, RedisUnavailable
+from slackq.settings import Settings
+
+
+class AckNotConfirmed(RedisUnavailable):
+    """The stored job was not confirmed as `ACK_DURABILITY` asks within `ACK_TIMEOUT_MS`."""
+
+
+@dataclass(frozen=True)
+class AckPolicy:
+    """What to confirm (`durability`), how long to wait for it, and the mark's key."""
+
+    durability: AckDurability
+    timeout_ms: int
+    mark_key: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AckPolicy:
+        return cls(AckDurability.parse(settings.ack_durability), settings.ack_timeout_ms,
+                   f"{settings.queue_prefix}:{settings.queue_name}:ack")
+
+
+class AckConfirmer:
+    """Confirms that every add returned so far is as durable as the policy asks."""
+
+    def __init__(self, client: aioredis.Redis, policy: AckPolicy) -> None:
+        self.client = client
+        self.policy = policy
+        self._pending: list[asyncio.Future[None]] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def confirm(self) -> None:
+        """Return once the adds that returned before this call are confirmed; raise
+        AckNotConfirmed (or a RedisError) otherwise."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(future)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_all())
+        await future
+
+    async def _send_all(self) -> None:
+        while self._pending:  # what arrives during a round joins the next one
+            batch, self._pending = self._pending, []
+            try:
+                await self._round()
+            except BaseException as exc:  # every waiter must hear of it
+                for future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for future in batch:
+                if not future.done():
+                    future.set_result(None)
+
+    async def _round(self) -> None:
+        durability, timeout_ms = self.policy.durability, self.policy.timeout_ms
+        pipe = self.client.pipeline(transaction=False)
+        pipe.incr(self.policy.mark_key)
+        if durability.fsync:
+            pipe.execute_command("WAITAOF", 1, durability.replicas, timeout_ms)
+        else:
+            pipe.execute_command("WAIT", durability.replicas, timeout_ms)
+        _, reply = await pipe.execute()
+        if durability.fsync:
+            local, replicas = (int(value) for value in reply)
+            confirmed = local >= 1 and replicas >= durability.replicas
+            got = f"local fsync {local}, replicas {replicas}"
+        else:
+            confirmed, got = int(reply) >= durability.replicas, f"replicas {int(reply)}"
+        if not confirmed:
+            raise AckNotConfirmed(f"{durability} not confirmed within {timeout_ms} ms ({got})")
+
+
+def confirmer_for(settings: Settings, attempt_timeout: float) -> AckConfirmer | None:
+    """The webhook's confirmer, or None under `memory` (nothing to wait for).
+
+    Its own small pool: its socket timeout must outlast the `WAIT` itself.
+    """
+    policy = AckPolicy.from_settings(settings)
+    if not policy.durability.waits:
+        return None
+    profile = PRODUCER.with_timeout(policy.timeout_ms / 1000 + attempt_timeout).pooled(4)
+    return AckConfirmer(redis_client(settings.redis_url, profile), policy)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int("".join(ch for ch in part if ch.isdigit()) or 0)
+                 for part in text.split(".")[:3])
+
+
+async def require_ack_support(settings: Settings) -> None:
+    """Refuse a server that cannot give what ACK_DURABILITY asks: `fsync` needs `WAITAOF`
+    (Redis 7.2). Unreachable: nothing to say yet (the webhook answers 503 until it is back)."""
+    durability = AckDurability.parse(settings.ack_durability)
+    if not durability.fsync:
+        return
+    client = redis_client(settings.redis_url, PATIENT_PROBE)
+    try:
+        info = await client.info("server")
+    except (RedisError, OSError):
+        return
+    finally:
+        await client.aclose()
+    server = "valkey" if "valkey_version" in info else "redis"
+    version = str(info.get("valkey_version") or info.get("redis_version", "0"))
+    if server == "redis" and _version(version) < WAITAOF_SINCE:
+        raise RedisMisconfigured(
+            f"ACK_DURABILITY={durability} needs WAITAOF (Redis 7.2 or later); the server at "
+            f"{redis_location(settings.redis_url)} is Redis {version}")
