@@ -1,0 +1,123 @@
+"""ACK_DURABILITY on real servers: a primary and one replica (REPLICAOF), the webhook's Enqueuer
+in-process, and the web process for the start-up refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from producers.enqueue import Enqueuer
+from producers.jobs import SlackJob
+from slackq.embedded import RedisProcess, free_port
+from slackq.errors import RedisUnavailable
+from slackq.settings import Settings
+from tests.processes import Proc, process_env
+from tests.slack_requests import BOT_TOKEN, SIGNING_SECRET
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[RedisProcess, RedisProcess]]:
+    """A primary and a replica in sync with it."""
+    primary, replica = RedisProcess(tmp_path / "primary"), RedisProcess(tmp_path / "replica")
+    try:
+        primary.start()
+        replica.start()
+        with redis.Redis(port=replica.port, decode_responses=True) as client:
+            client.replicaof("127.0.0.1", primary.port)
+            deadline = time.monotonic() + 20
+            while client.info("replication").get("master_link_status") != "up":
+                assert time.monotonic() < deadline, "the replica never synced"
+                time.sleep(0.05)
+        yield primary, replica
+    finally:
+        replica.kill()
+        primary.kill()
+
+
+def job(index: int) -> SlackJob:
+    return SlackJob("app_mention", {"event_id": f"Ev0ACK{index:04d}"}, f"Ev0ACK{index:04d}")
+
+
+def settings_for(url: str, durability: str, timeout_ms: int = 300) -> Settings:
+    return Settings(redis_url=url, slack_signing_secret=SIGNING_SECRET, log_format="console",
+                    ack_durability=durability, ack_timeout_ms=timeout_ms)
+
+
+def wait_calls(port: int) -> int:
+    with redis.Redis(port=port, decode_responses=True) as client:
+        return int(client.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+
+
+async def test_replicas_1_acks_what_the_replica_has(
+    pair: tuple[RedisProcess, RedisProcess],
+) -> None:
+    primary, replica = pair
+    enqueuer = Enqueuer(settings_for(primary.url, "replicas:1"))
+    try:
+        ids = await asyncio.gather(*(enqueuer.add(job(index)) for index in range(40)))
+    finally:
+        await enqueuer.close()
+    with redis.Redis(port=replica.port, decode_responses=True) as client:
+        assert all(client.exists(f"bull:slack-events:{job_id}") for job_id in ids)
+    # One confirmation covers the jobs whose adds had returned: fewer WAITs than jobs.
+    assert 1 <= wait_calls(primary.port) < 40
+
+
+async def test_no_confirmation_in_time_is_a_503_and_the_redelivery_stores_nothing_new(
+    pair: tuple[RedisProcess, RedisProcess],
+) -> None:
+    primary, replica = pair
+    assert replica.process is not None
+    os.kill(replica.process.pid, signal.SIGSTOP)  # the replica stops acknowledging
+    enqueuer = Enqueuer(settings_for(primary.url, "replicas:1"))
+    try:
+        with pytest.raises(RedisUnavailable, match=r"replicas:1 not confirmed within 300 ms"):
+            await enqueuer.add(job(1))
+        os.kill(replica.process.pid, signal.SIGCONT)
+        assert await enqueuer.add(job(1)) == "Ev0ACK0001"  # Slack's redelivery: same job id
+    finally:
+        os.kill(replica.process.pid, signal.SIGCONT)
+        await enqueuer.close()
+    with redis.Redis(port=primary.port, decode_responses=True) as client:
+        assert client.llen("bull:slack-events:wait") == 1
+
+
+async def test_memory_waits_for_nothing(pair: tuple[RedisProcess, RedisProcess]) -> None:
+    primary, replica = pair
+    assert replica.process is not None
+    os.kill(replica.process.pid, signal.SIGSTOP)
+    enqueuer = Enqueuer(settings_for(primary.url, "memory"))
+    try:
+        assert await enqueuer.add(job(2)) == "Ev0ACK0002"
+    finally:
+        os.kill(replica.process.pid, signal.SIGCONT)
+        await enqueuer.close()
+    assert wait_calls(primary.port) == 0
+
+
+@pytest.mark.parametrize("durability", ["fsync", "fsync+replicas:1"])
+def test_fsync_modes_refuse_a_server_without_waitaof(
+    redis_server: RedisProcess, tmp_path: Path, durability: str,
+) -> None:
+    with redis.Redis(port=redis_server.port, decode_responses=True) as client:
+        version = str(client.info("server")["redis_version"])
+    if tuple(int(part) for part in version.split(".")[:2]) >= (7, 2):
+        pytest.skip(f"Redis {version} has WAITAOF")  # this machine's is 7.0
+    env = process_env(REDIS_URL=redis_server.url, SLACK_SIGNING_SECRET=SIGNING_SECRET,
+                      SLACK_BOT_TOKEN=BOT_TOKEN, PORT=str(free_port()),
+                      ACK_DURABILITY=durability)
+    web = Proc("web", env, tmp_path)
+    try:
+        assert web.wait(30) == 2
+    finally:
+        web.stop()
+    output = web.output()
+    assert f"ACK_DURABILITY={durability} needs WAITAOF (Redis 7.2 or later)" in output
+    assert f"is Redis {version}" in output and f":{redis_server.port}/0" in output
