@@ -6,16 +6,19 @@ replicas and the other two sentinels, so that a failover can happen at once. Sen
 fast: a primary is down after `down_after_ms` (1 s), and a failover that stalls is retried after
 `failover_timeout_ms`. `url` is the `redis+sentinel://` URL slackq's processes take.
 
-    python -m harness topology sentinel   # prints the URL; Ctrl-C stops everything
+    python -m harness topology sentinel   # prints REDIS_URL; Ctrl-C stops everything
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +58,7 @@ class SentinelProcess:
     down_after_ms: int
     failover_timeout_ms: int
     port: int = field(default_factory=free_port)
+    binary: str = field(default_factory=server_binary)
     process: subprocess.Popen[bytes] | None = None
 
     def config(self) -> str:
@@ -72,7 +76,7 @@ class SentinelProcess:
         conf = self.directory / "sentinel.conf"
         conf.write_text(self.config())
         self.process = subprocess.Popen(
-            [server_binary(), str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+            [self.binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
 
     def master(self) -> dict[str, Any]:
@@ -96,6 +100,7 @@ class SentinelTopology:
     down_after_ms: int = 1_000
     failover_timeout_ms: int = 3_000
     overrides: dict[str, str] = field(default_factory=dict)  # for every data node
+    binary: str | None = None  # redis-server on PATH unless given (valkey-server runs too)
     nodes: list[RedisProcess] = field(default_factory=list)
     watchers: list[SentinelProcess] = field(default_factory=list)
 
@@ -121,6 +126,7 @@ class SentinelTopology:
             config = data_dir / "redis.conf"
             shutil.copyfile(REDIS_CONF, config)
             node = RedisProcess(data_dir=data_dir, config_file=config,
+                                binary=server_binary(self.binary),
                                 overrides=dict(self.overrides))
             node.start()
             self.nodes.append(node)
@@ -128,7 +134,8 @@ class SentinelTopology:
             _ask(node.port, lambda client: client.replicaof("127.0.0.1", self.nodes[0].port))
         for index in range(self.sentinels):
             watcher = SentinelProcess(self.base_dir / f"sentinel-{index}", self.nodes[0].port,
-                                      self.down_after_ms, self.failover_timeout_ms)
+                                      self.down_after_ms, self.failover_timeout_ms,
+                                      binary=server_binary(self.binary))
             watcher.start()
             self.watchers.append(watcher)
         self._wait(self._ready, timeout, "the sentinels to see every replica and each other")
@@ -198,3 +205,26 @@ class SentinelTopology:
                     return
             time.sleep(0.05)
         raise TimeoutError(f"waited {timeout}s for {what}")
+
+
+def serve(argv: list[str]) -> int:
+    """`python -m harness topology sentinel [--dir DIR] [--server redis|valkey|PATH]`: start the
+    topology, print its URL and ports, run until SIGINT/SIGTERM."""
+    parser = argparse.ArgumentParser(prog="python -m harness topology")
+    parser.add_argument("kind", choices=("sentinel",))
+    parser.add_argument("--dir", type=Path, default=None, help="default: a temporary directory")
+    parser.add_argument("--server", default=None, help="redis (default), valkey or a path")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with tempfile.TemporaryDirectory() as work:
+        topology = SentinelTopology(args.dir or Path(work), binary=args.server).start()
+        try:
+            print(f"REDIS_URL={topology.url}")
+            print("data nodes: " + " ".join(str(node.port) for node in topology.nodes)
+                  + f" (primary {topology.primary_port()}); Ctrl-C stops everything", flush=True)
+            stop.wait()
+        finally:
+            topology.stop()
+    return 0
