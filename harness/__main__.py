@@ -3,6 +3,7 @@
     python -m harness --mode crash --kills 5 --jobs 20000 --duration 60 \
         --server valkey --seed 7 --report report.json
     python -m harness check WORK_DIR/ledger --mode crash
+    python -m harness topology sentinel   # primary, 2 replicas, 3 sentinels; prints REDIS_URL
 
 Exit status: 0 when the verdict is pass, 1 when it is fail, 2 on a usage or set-up error,
 3 when the mode cannot run here (e.g. powerloss without FUSE; the reason is printed).
@@ -21,6 +22,7 @@ from harness.checker import CheckInput, check
 from harness.errors import BackendUnavailable, DurabilityError
 from harness.ledger import read_ledger
 from harness.report import summary, write_json
+from harness.topology import serve
 from harness.traffic import TrafficConfig
 from slackq.logging import configure_logging
 
@@ -68,6 +70,8 @@ def check_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["check"]:
         return _check(check_parser().parse_args(argv[1:]))
+    if argv[:1] == ["topology"]:
+        return serve(argv[1:])
     args = run_parser().parse_args(argv)
     configure_logging("console", args.log_level)
     config = CampaignConfig(
