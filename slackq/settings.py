@@ -55,7 +55,8 @@ class Settings(BaseSettings):
         default=500, ge=1, le=2_500,
         description="How long the webhook waits for ACK_DURABILITY's confirmation before it "
                     "answers 503 (the job may be stored; Slack's redelivery of it stores "
-                    "nothing new).")
+                    "nothing new). Below WEBHOOK_ENQUEUE_BUDGET_SECONDS. `fsync+replicas:N` "
+                    "needs more than 1000: replicas report their AOF fsync once a second.")
     slack_signing_secret: SecretStr | None = Field(
         default=None,
         description="Your Slack app's signing secret: the web process verifies every request "
@@ -251,6 +252,9 @@ class Settings(BaseSettings):
         if self.webhook_redis_timeout_seconds >= self.webhook_enqueue_budget_seconds:
             raise ValueError("WEBHOOK_REDIS_TIMEOUT_SECONDS must be below "
                              "WEBHOOK_ENQUEUE_BUDGET_SECONDS")
+        if self.ack_timeout_ms / 1000 >= self.webhook_enqueue_budget_seconds:
+            raise ValueError("ACK_TIMEOUT_MS must be below WEBHOOK_ENQUEUE_BUDGET_SECONDS (the "
+                             "confirmation is part of storing the job)")
         return self
 
     @model_validator(mode="after")

@@ -86,6 +86,7 @@ def test_settings_accept_sentinel_urls_and_fold_in_the_sentinels_password(
     ({"REDIS_URL": "redis://h1", "REDIS_SENTINEL_PASSWORD": "x"}, "REDIS_SENTINEL_PASSWORD"),
     ({"ACK_DURABILITY": "replicas:0"}, "ACK_DURABILITY"),
     ({"ACK_DURABILITY": "disk"}, "ACK_DURABILITY: .*fsync\\+replicas:N"),
+    ({"ACK_TIMEOUT_MS": "2000"}, "ACK_TIMEOUT_MS must be below WEBHOOK_ENQUEUE_BUDGET"),
 ])
 def test_bad_settings_stop_start_up_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str,
