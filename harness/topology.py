@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 
+from harness.netns import NetnsNetwork
 from slackq.connection import PROBE, sync_redis_client
 from slackq.embedded import REDIS_CONF, RedisProcess, free_port, server_binary
 
@@ -34,13 +35,12 @@ MASTER_NAME = "slackq"
 QUORUM = 2
 
 
-def _client(port: int) -> redis.Redis:
-    return sync_redis_client(f"redis://127.0.0.1:{port}/0", PROBE)
+LOOPBACK = "127.0.0.1"
 
 
-def _ask(port: int, command: Callable[[redis.Redis], Any]) -> Any:
-    """`command` on a client of the server on `port`; None when it does not answer."""
-    client = _client(port)
+def ask(host: str, port: int, command: Callable[[redis.Redis], Any]) -> Any:
+    """`command` on a client of the server at `host:port`; None when it does not answer."""
+    client = sync_redis_client(f"redis://{host}:{port}/0", PROBE)
     try:
         return command(client)
     except (redis.ConnectionError, redis.TimeoutError):
@@ -50,22 +50,40 @@ def _ask(port: int, command: Callable[[redis.Redis], Any]) -> Any:
 
 
 @dataclass
+class NodeProcess(RedisProcess):
+    """A data node on `host`, started with `prefix` (e.g. in a network namespace)."""
+
+    host: str = LOOPBACK
+    prefix: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [*self.prefix, *super().command()]
+
+
+@dataclass
 class SentinelProcess:
-    """One `redis-server --sentinel` on 127.0.0.1, with its own (rewritable) config file."""
+    """One `redis-server --sentinel` on `host`, with its own (rewritable) config file."""
 
     directory: Path
-    primary_port: int
+    primary: tuple[str, int]
     down_after_ms: int
     failover_timeout_ms: int
     port: int = field(default_factory=free_port)
     binary: str = field(default_factory=server_binary)
+    host: str = LOOPBACK
+    prefix: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
 
     def config(self) -> str:
+        host, port = self.primary
         return "\n".join([
-            f"port {self.port}", "bind 127.0.0.1", "daemonize no", f"dir {self.directory}",
-            f"logfile {self.directory / 'sentinel.log'}",
-            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.primary_port} {QUORUM}",
+            f"port {self.port}", f"bind {self.host}", "protected-mode no", "daemonize no",
+            f"dir {self.directory}", f"logfile {self.directory / 'sentinel.log'}",
+            f"sentinel monitor {MASTER_NAME} {host} {port} {QUORUM}",
             f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}",
             f"sentinel failover-timeout {MASTER_NAME} {self.failover_timeout_ms}",
             f"sentinel parallel-syncs {MASTER_NAME} 2", "",
@@ -76,12 +94,12 @@ class SentinelProcess:
         conf = self.directory / "sentinel.conf"
         conf.write_text(self.config())
         self.process = subprocess.Popen(
-            [self.binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+            [*self.prefix, self.binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
 
     def master(self) -> dict[str, Any]:
         """What this sentinel knows of the primary (`SENTINEL MASTER`), {} when it is down."""
-        reply = _ask(self.port, lambda client: client.sentinel_master(MASTER_NAME))
+        reply = ask(self.host, self.port, lambda client: client.sentinel_master(MASTER_NAME))
         return reply if isinstance(reply, dict) else {}
 
     def kill(self) -> None:
@@ -101,12 +119,16 @@ class SentinelTopology:
     failover_timeout_ms: int = 3_000
     overrides: dict[str, str] = field(default_factory=dict)  # for every data node
     binary: str | None = None  # redis-server on PATH unless given (valkey-server runs too)
-    nodes: list[RedisProcess] = field(default_factory=list)
+    # Each process in a network namespace of its own (harness.netns), so that a campaign can
+    # partition the primary; as root, on Linux.
+    partitionable: bool = False
+    nodes: list[NodeProcess] = field(default_factory=list)
     watchers: list[SentinelProcess] = field(default_factory=list)
+    network: NetnsNetwork | None = None
 
     @property
     def url(self) -> str:
-        hosts = ",".join(f"127.0.0.1:{watcher.port}" for watcher in self.watchers)
+        hosts = ",".join(f"{watcher.host}:{watcher.port}" for watcher in self.watchers)
         return f"redis+sentinel://{hosts}/{MASTER_NAME}/0"
 
     def start(self, timeout: float = 30.0) -> SentinelTopology:
@@ -118,24 +140,37 @@ class SentinelTopology:
             raise
         return self
 
+    def _place(self, index: int) -> dict[str, Any]:
+        """Where process `index` (data nodes first, then sentinels) runs: host and prefix."""
+        if self.network is None:
+            return {"host": LOOPBACK, "prefix": []}
+        return {"host": self.network.address(index), "prefix": self.network.prefix(index)}
+
     def _start(self, timeout: float) -> None:
+        if self.partitionable:
+            self.network = NetnsNetwork(1 + self.replicas + self.sentinels).setup()
         for index in range(1 + self.replicas):
             data_dir = self.base_dir / f"redis-{index}"
             data_dir.mkdir(parents=True, exist_ok=True)
             # A copy each: Sentinel sends CONFIG REWRITE to every node it reconfigures.
             config = data_dir / "redis.conf"
             shutil.copyfile(REDIS_CONF, config)
-            node = RedisProcess(data_dir=data_dir, config_file=config,
-                                binary=server_binary(self.binary),
-                                overrides=dict(self.overrides))
+            place = self._place(index)
+            overrides = {**self.overrides, "bind": place["host"]}
+            if self.network is not None:  # its clients and peers come from other addresses
+                overrides["protected-mode"] = "no"
+            node = NodeProcess(data_dir=data_dir, config_file=config,
+                               binary=server_binary(self.binary), overrides=overrides, **place)
             node.start()
             self.nodes.append(node)
+        primary = (self.nodes[0].host, self.nodes[0].port)
         for node in self.nodes[1:]:
-            _ask(node.port, lambda client: client.replicaof("127.0.0.1", self.nodes[0].port))
+            ask(node.host, node.port, lambda client: client.replicaof(*primary))
         for index in range(self.sentinels):
-            watcher = SentinelProcess(self.base_dir / f"sentinel-{index}", self.nodes[0].port,
+            watcher = SentinelProcess(self.base_dir / f"sentinel-{index}", primary,
                                       self.down_after_ms, self.failover_timeout_ms,
-                                      binary=server_binary(self.binary))
+                                      binary=server_binary(self.binary),
+                                      **self._place(len(self.nodes) + index))
             watcher.start()
             self.watchers.append(watcher)
         self._wait(self._ready, timeout, "the sentinels to see every replica and each other")
@@ -149,25 +184,42 @@ class SentinelTopology:
         return all(self.replica_in_sync(node) for node in self.nodes[1:])
 
     @staticmethod
-    def replica_in_sync(node: RedisProcess) -> bool:
-        reply = _ask(node.port, lambda client: client.info("replication"))
+    def replica_in_sync(node: NodeProcess) -> bool:
+        reply = ask(node.host, node.port, lambda client: client.info("replication"))
         return isinstance(reply, dict) and reply.get("master_link_status") == "up"
 
     def primary_port(self) -> int | None:
         """The primary's port as the sentinels' majority reports it (None: no answer)."""
         votes: dict[int, int] = {}
         for watcher in self.watchers:
-            reply = _ask(watcher.port,
+            reply = ask(watcher.host, watcher.port,
                          lambda client: client.sentinel_get_master_addr_by_name(MASTER_NAME))
             if isinstance(reply, (list, tuple)) and len(reply) == 2:
                 votes[int(reply[1])] = votes.get(int(reply[1]), 0) + 1
         best = max(votes.items(), key=lambda item: item[1], default=None)
         return best[0] if best and best[1] >= QUORUM else None
 
-    def node(self, port: int) -> RedisProcess:
+    def node(self, port: int) -> NodeProcess:
         return next(node for node in self.nodes if node.port == port)
 
-    def kill_primary(self) -> RedisProcess:
+    def partition_primary(self) -> NodeProcess:
+        """Cut the current primary off from the replicas and the sentinels (clients still reach
+        it); return it. Needs `partitionable`."""
+        port = self.primary_port()
+        if self.network is None or port is None:
+            raise RuntimeError("no partitionable topology with a primary")
+        primary = self.node(port)
+        index = self.nodes.index(primary)
+        others = [i for i in range(len(self.nodes) + len(self.watchers)) if i != index]
+        self.network.isolate(index, others)
+        return primary
+
+    def heal(self) -> None:
+        """Undo `partition_primary`."""
+        if self.network is not None:
+            self.network.heal()
+
+    def kill_primary(self) -> NodeProcess:
         """SIGKILL the current primary; return it (its `port` is the old primary's)."""
         port = self.primary_port()
         if port is None:
@@ -182,7 +234,8 @@ class SentinelTopology:
             port = self.primary_port()
             if port is None or port == old_port:
                 return False
-            reply = _ask(port, lambda client: client.role())
+            node = self.node(port)
+            reply = ask(node.host, node.port, lambda client: client.role())
             return isinstance(reply, list) and reply[:1] == ["master"]
 
         self._wait(promoted, timeout, f"a primary other than :{old_port}")
@@ -195,6 +248,8 @@ class SentinelTopology:
             watcher.kill()
         for node in self.nodes:
             node.kill()
+        if self.network is not None:
+            self.network.teardown()
 
     @staticmethod
     def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
