@@ -29,13 +29,14 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from producers.ack import confirmer_for
+from producers.ack import AckNotConfirmed, confirmer_for
 from producers.batching import AddBatcher
 from producers.jobs import SlackJob
 from producers.metrics import observe_enqueue
 from slackq.connection import PRODUCER, redis_client
 from slackq.contract import JobOptions
 from slackq.errors import RedisUnavailable
+from slackq.sentinel_pool import recheck_primary
 from slackq.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -119,13 +120,28 @@ class Enqueuer:
                             with attempt:
                                 stored_id = await self._batcher.add(job.name, job.data, options)
                 if self._confirmer is not None:
-                    await self._confirmer.confirm()
+                    await self._confirm()
         except TimeoutError as exc:
             raise RedisUnavailable(f"job {job.job_id} not stored within the budget") from exc
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"job {job.job_id} not stored: {type(exc).__name__}") from exc
         observe_enqueue(job.name, time.monotonic() - started)
         return stored_id
+
+    async def _confirm(self) -> None:
+        """Confirm as ACK_DURABILITY asks; unconfirmed, look for a new primary before the 503.
+
+        A primary cut off from its replicas still takes the adds, but `WAIT` cannot complete:
+        the next attempt (Slack's redelivery) should go to whichever primary the sentinels
+        promoted meanwhile.
+        """
+        assert self._confirmer is not None
+        try:
+            await self._confirmer.confirm()
+        except AckNotConfirmed:
+            await recheck_primary(self._client)
+            await recheck_primary(self._confirmer.client)
+            raise
 
     async def ping(self) -> bool:
         """Whether Redis answers PING within one attempt's timeout."""

@@ -21,14 +21,18 @@ tests/test_ha_sentinel.py fails if a reconnect stops finding the new primary.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import (
     Sentinel,
     SentinelConnectionPool,
     SentinelManagedConnection,
     SentinelManagedSSLConnection,
 )
+from redis.exceptions import RedisError
 from redis.sentinel import SentinelConnectionPool as SyncSentinelConnectionPool
 
 from slackq.pool import LeanConnectionPool
@@ -75,6 +79,27 @@ class LeanSentinelConnectionPool(LeanConnectionPool, ClosesSentinels):
     def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
         # LeanConnectionPool takes keywords only and hands them on to SentinelConnectionPool.
         super().__init__(service_name=service_name, sentinel_manager=sentinel_manager, **kwargs)
+
+    async def release(self, connection: AbstractConnection) -> None:
+        """Take `connection` back; one still on a former primary is disconnected, so that it
+        reconnects to the current one (redis-py's pool checks this; the lean one did not)."""
+        await super().release(connection)
+        address = self.master_address
+        if address is not None and (connection.host, connection.port) != address:  # type: ignore[attr-defined]
+            await connection.disconnect()
+
+
+async def recheck_primary(client: aioredis.Redis) -> None:
+    """Ask the sentinels where the primary is now (a Sentinel client; others: nothing to do).
+
+    For a caller that suspects it is talking to a primary the others have left (an
+    acknowledgement that did not come): if the primary moved, idle connections are dropped at
+    once and busy ones when they come back, so the next command goes to the new one.
+    """
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        with contextlib.suppress(RedisError):
+            await pool.get_master_address()  # type: ignore[no-untyped-call]
 
 
 class SyncSentinelPool(SyncSentinelConnectionPool):
