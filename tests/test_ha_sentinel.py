@@ -64,6 +64,10 @@ def test_web_worker_and_status_on_a_sentinel_url(
     assert json.loads(output)["counts"]["completed"] == 1
     code, output = run_cli(topology.url, "status")
     assert code == 0 and f"on redis+sentinel://127.0.0.1:{topology.watchers[0].port}" in output
+    code, output = run_cli(topology.url, "doctor", "--json")
+    checks = {check["name"]: check["level"] for check in json.loads(output)["checks"]}
+    assert code == 1 and checks["eviction policy"] == "ok"  # the test nodes have no password
+    assert checks["authentication"] == "FAIL"
 
 
 @dataclass
