@@ -48,9 +48,9 @@ class Settings(BaseSettings):
                     "primary's memory (AOF `everysec` writes it to disk within a second). "
                     "`replicas:N`: also on at least N replicas (`WAIT`), so it survives a "
                     "failover. `fsync`: also in the primary's AOF on disk; `fsync+replicas:N`: "
-                    "and in N replicas' AOF (`WAITAOF`, Redis 7.2 or later: the web process "
-                    "refuses to start on an older server). Not confirmed within ACK_TIMEOUT_MS: "
-                    "503 (docs/high-availability.md).")
+                    "and in N replicas' AOF (`WAITAOF`: Redis 7.2 or later with `appendfsync "
+                    "always`; the web process refuses to start otherwise). Not confirmed within "
+                    "ACK_TIMEOUT_MS: 503 (docs/high-availability.md).")
     ack_timeout_ms: int = Field(
         default=500, ge=1, le=2_500,
         description="How long the webhook waits for ACK_DURABILITY's confirmation before it "

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from harness.servers import resolve_binary
 from producers.enqueue import Enqueuer
 from producers.jobs import SlackJob
 from slackq.embedded import RedisProcess, free_port
@@ -102,6 +103,19 @@ async def test_memory_waits_for_nothing(pair: tuple[RedisProcess, RedisProcess])
     assert wait_calls(primary.port) == 0
 
 
+def refusal(url: str, durability: str, log_dir: Path) -> str:
+    """Start the web process, which must refuse to start (exit 2); return its output."""
+    env = process_env(REDIS_URL=url, SLACK_SIGNING_SECRET=SIGNING_SECRET,
+                      SLACK_BOT_TOKEN=BOT_TOKEN, PORT=str(free_port()),
+                      ACK_DURABILITY=durability)
+    web = Proc("web", env, log_dir)
+    try:
+        assert web.wait(30) == 2, web.output()
+    finally:
+        web.stop()
+    return web.output()
+
+
 @pytest.mark.parametrize("durability", ["fsync", "fsync+replicas:1"])
 def test_fsync_modes_refuse_a_server_without_waitaof(
     redis_server: RedisProcess, tmp_path: Path, durability: str,
@@ -110,14 +124,18 @@ def test_fsync_modes_refuse_a_server_without_waitaof(
         version = str(client.info("server")["redis_version"])
     if tuple(int(part) for part in version.split(".")[:2]) >= (7, 2):
         pytest.skip(f"Redis {version} has WAITAOF")  # this machine's is 7.0
-    env = process_env(REDIS_URL=redis_server.url, SLACK_SIGNING_SECRET=SIGNING_SECRET,
-                      SLACK_BOT_TOKEN=BOT_TOKEN, PORT=str(free_port()),
-                      ACK_DURABILITY=durability)
-    web = Proc("web", env, tmp_path)
-    try:
-        assert web.wait(30) == 2
-    finally:
-        web.stop()
-    output = web.output()
+    output = refusal(redis_server.url, durability, tmp_path)
     assert f"ACK_DURABILITY={durability} needs WAITAOF (Redis 7.2 or later)" in output
     assert f"is Redis {version}" in output and f":{redis_server.port}/0" in output
+
+
+def test_fsync_modes_refuse_a_server_without_appendfsync_always(tmp_path: Path) -> None:
+    """Valkey has WAITAOF, but under `everysec` it answered before the fsync."""
+    server = RedisProcess(tmp_path / "valkey", binary=resolve_binary("valkey"))
+    server.start()
+    try:
+        output = refusal(server.url, "fsync", tmp_path)
+    finally:
+        server.kill()
+    assert "ACK_DURABILITY=fsync needs appendfsync always" in output
+    assert "has everysec" in output and f":{server.port}/0" in output

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from bullmq import Job, Queue, Worker
 
 from slackq.bullmq_seam import FetchNextWorker
-from slackq.connection import bullmq_connection
+from slackq.connection import BLOCK_BOUND_SECONDS, bullmq_connection
 from slackq.embedded import RedisProcess
 from slackq.settings import Settings
 from tests.waiting import wait_until
@@ -129,7 +129,7 @@ def test_worker_connection_follows_the_setting() -> None:
     assert pooled.connection_pool.max_connections == 5
     single = worker_connection(Settings(redis_url="redis://127.0.0.1:1/0",
                                         worker_redis_connections=1))
-    assert isinstance(single, dict) and single["socket_timeout"] is None
+    assert isinstance(single, dict) and single["socket_timeout"] == BLOCK_BOUND_SECONDS
 
 
 async def run_until_idle(worker: Worker) -> asyncio.Task[Any]:
