@@ -1,6 +1,7 @@
 """Acknowledgement latency of each ACK_DURABILITY mode, side by side in one run.
 
     python bench/ack_modes.py [--count 400] [--reps 3] [--server redis|valkey|PATH]
+                              [--appendfsync everysec|always]
 
 Starts a primary and two replicas (harness.topology, no sentinels; the project's redis.conf,
 AOF `everysec`) and times the webhook's `Enqueuer.add` (store the job, then confirm it as the
@@ -79,13 +80,16 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=400)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--server", default=None, help="redis, valkey or a path")
+    parser.add_argument("--appendfsync", choices=("everysec", "always"), default="everysec",
+                        help="fsync modes need always in production (docs/high-availability.md)")
     args = parser.parse_args()
     binary = resolve_binary(args.server)
     version = binary_version(binary)
     modes = [mode for mode in MODES if waitaof_available(version) or "fsync" not in mode]
     samples: dict[tuple[str, str], list[float | None]] = {}
     with tempfile.TemporaryDirectory() as work:
-        topology = SentinelTopology(Path(work), sentinels=0, binary=binary).start()
+        topology = SentinelTopology(Path(work), sentinels=0, binary=binary,
+                                    overrides={"appendfsync": args.appendfsync}).start()
         try:
             url = topology.nodes[0].url
             for rep in range(args.reps):
@@ -97,8 +101,8 @@ def main() -> int:
         finally:
             topology.stop()
     print(f"{version['server']} {version['version']}, primary + 2 replicas on loopback, "
-          f"AOF everysec; {args.reps} x {args.count} adds per mode and concurrency "
-          f"({max(10, args.count // 10)} for fsync+replicas)\n")
+          f"appendfsync {args.appendfsync}; {args.reps} x {args.count} adds per mode and "
+          f"concurrency ({max(10, args.count // 10)} for fsync+replicas)\n")
     print("| mode | in flight | p50 ms | p99 ms | p50 / memory | p99 / memory | not confirmed |")
     print("|---|---|---|---|---|---|---|")
     for flight in ("1", str(IN_FLIGHT)):
