@@ -11,6 +11,8 @@ See docs/job-contract.md for the full, generated contract.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +42,26 @@ def validate_job_id(job_id: str) -> str:
         raise InvalidJobId(f"job id {job_id!r} contains ':'")
     if job_id.lstrip("-").isdigit() or job_id == "NaN":
         raise InvalidJobId(f"job id {job_id!r} is integer-like")
+    if _js_negative_number(job_id):
+        raise InvalidJobId(f"job id {job_id!r} reads as a negative number")
     return job_id
+
+
+# JavaScript's `Number(text)` for a signed decimal, after trimming white space (the BOM too).
+_JS_SIGNED_DECIMAL = re.compile(
+    r"[\s\ufeff]*-(Infinity|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)[\s\ufeff]*")
+
+
+def _js_negative_number(job_id: str) -> bool:
+    """Would JavaScript read `job_id` as a number below zero (`" -5" < 0`, `"-1e3" < 0`)?
+
+    Node BullMQ's `addJob` takes a reply below zero for one of its scripts' error codes, so such
+    an id, which passes its own validation, makes Node's `Queue.add` fail ("Unknown code -5").
+    """
+    match = _JS_SIGNED_DECIMAL.fullmatch(job_id)
+    if match is None:
+        return False
+    return float(match.group(1).replace("Infinity", "inf")) != 0
 
 
 @dataclass(frozen=True)

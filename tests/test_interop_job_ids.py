@@ -44,6 +44,7 @@ ID_TABLE = [
     "123", "0", "-5", "9007199254740993", "a:b", "Ev:1", ":", "a:b:c:d", "Ev0ABC123", "007",
     "+5", "1e3", "12a", "-0", "1.5", " 5", "a:b:c", "Ev0INTEROP01", "T1:C2:1700000000.0001",
     "NaN", "123456789012345680000", "123456789012345678901", "Infinity", "\u0661\u0662",
+    " -6898", "-1e3", "-Infinity", "-.5", "-0.0e5", "-5x",
 ]
 
 
@@ -60,9 +61,18 @@ def js_parse_int_string(text: str) -> str:
     return str(int(Decimal(repr(value))))
 
 
+def js_number_below_zero(text: str) -> bool:
+    """`Number(text) < 0` in JavaScript, for the signed decimals (and -Infinity) it accepts."""
+    match = re.fullmatch(r"[\s\ufeff]*(-(?:Infinity|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?))"
+                         r"[\s\ufeff]*", text)
+    return match is not None and float(match.group(1).replace("Infinity", "inf")) < 0
+
+
 def node_would_accept(job_id: str) -> bool:
-    """Node BullMQ 6.7.0's `Job.validateOptions` rule for a custom jobId, transcribed."""
-    if js_parse_int_string(job_id) == job_id:
+    """Node BullMQ 6.7.0's `Job.validateOptions` rule for a custom jobId, transcribed, and its
+    `addJob`, which takes a script reply below zero (the id, as JavaScript compares it) for an
+    error code."""
+    if js_parse_int_string(job_id) == job_id or js_number_below_zero(job_id):
         return False
     return ":" not in job_id or len(job_id.split(":")) == 3
 
@@ -99,6 +109,9 @@ async def test_node_rejects_integer_like_ids_and_colons_and_slackq_rejects_them_
     # `String(parseInt("NaN"))` is "NaN": Node calls that id an integer.
     assert verdicts["NaN"] == "Custom Id cannot be integers"
     assert verdicts["Ev0ABC123"] is None
+    # Ids JavaScript reads as negative numbers pass that check, then Node's addJob takes the id
+    # the script returns for an error code.
+    assert verdicts[" -6898"] == "Unknown code  -6898 error for undefined. addJob"
     for job_id, error in verdicts.items():
         assert (error is None) == node_would_accept(job_id), job_id
         if error is not None:
