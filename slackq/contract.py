@@ -12,7 +12,6 @@ See docs/job-contract.md for the full, generated contract.
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass
 from typing import Any
 
