@@ -20,3 +20,29 @@ def use_project_venv() -> None:
         os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), *sys.argv])
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+
+
+BENCH_VENV = ROOT / ".venv-bench"
+BENCH_LOCK = ROOT / "requirements-bench.lock"
+
+
+def bench_venv_python() -> Path:
+    """The Python of `.venv-bench` (arq and saq, bench/requirements-bench.in), made on first use.
+
+    The peers need redis<6 and slackq pins redis 8.1, hence a venv of their own. Installed from
+    the hash-pinned lock again whenever the lock changes (the stamp holds its contents).
+    """
+    import subprocess
+    import venv
+
+    python = BENCH_VENV / "bin" / "python"
+    stamp = BENCH_VENV / ".requirements-bench.lock"
+    wanted = BENCH_LOCK.read_text()
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return python
+    print("bench: installing requirements-bench.lock into .venv-bench", flush=True)
+    venv.create(BENCH_VENV, with_pip=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    "--require-hashes", "-r", str(BENCH_LOCK)], check=True)
+    stamp.write_text(wanted)
+    return python
