@@ -152,11 +152,12 @@ class Background:
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.pid)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 35.0) -> None:
+        """SIGTERM, then SIGKILL to the process group after `grace` seconds."""
         if self.popen.poll() is None:
             self.popen.terminate()
             try:
-                self.popen.wait(timeout=35)
+                self.popen.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 os.killpg(self.popen.pid, 9)
                 self.popen.wait()
