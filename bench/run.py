@@ -8,7 +8,12 @@ with the raw numbers, to reports/ (ignored by git):
 * drain with a no-op processor at concurrency 1/10/100 per dyno: the port's Worker as it ships,
   one slackq worker process, the slackq worker dyno (WORKER_PROCESSES processes);
 * end-to-end latency (add -> `completed` event seen) at a fixed 500 jobs/s, with worker CPU;
-* RSS idle and busy; drain and enqueue with AOF everysec vs off.
+* RSS idle and busy; drain and enqueue with AOF everysec vs off;
+* `--sections realistic` (not in the default run): a drain of `app_mention` jobs at concurrency
+  50, each posting one threaded `chat.postMessage` to a loopback Slack (bench/slack_fast.py), by
+  one real `python -m worker` process, the 2-process dyno, Node BullMQ, arq and saq (the last two
+  from `.venv-bench`, made on first use from requirements-bench.lock), then the same with a
+  no-op processor: jobs/s, worker CPU per job, Redis round trips and commands per job.
 
 Redis is a fresh `redis-server` with the project's redis.conf on a free port (never 6379).
 Node's side is tests/node's pinned bullmq + ioredis (`npm ci` there on first use).
@@ -570,6 +575,8 @@ def realistic_once(run: Run, impl: str, count: int, standin: Standin | None) -> 
             standin.reset()
         time.sleep(0.3)  # let the worker go idle after start-up
         cpu, stats = worker.cpu_seconds(), commandstats(client)
+        server_cpu = _server_cpu(run)
+        slack_cpu = standin.process.cpu_seconds() if standin else 0.0
         started = time.time()
         release(run, impl, queue)
         deadline = started + 300
@@ -579,13 +586,16 @@ def realistic_once(run: Run, impl: str, count: int, standin: Standin | None) -> 
             time.sleep(0.005)
         ended = time.time()
         cpu = worker.cpu_seconds() - cpu
+        server_cpu = _server_cpu(run) - server_cpu
+        slack_cpu = (standin.process.cpu_seconds() - slack_cpu) if standin else 0.0
         after = commandstats(client)
     finally:
         client.close()
         # arq and saq may linger on SIGTERM; the drain is over, so do not wait for them long.
         worker.stop(grace=5 if impl in PEERS else 35)
     calls = {name: after[name] - stats.get(name, 0) for name in after}
-    result: dict[str, Any] = {"cpu_us": cpu / count * 1e6,
+    result: dict[str, Any] = {"cpu_us": cpu / count * 1e6, "redis_us": server_cpu / count * 1e6,
+                              "slack_us": slack_cpu / count * 1e6,
                               "commands": {k: v / count for k, v in calls.items() if v}}
     if standin:
         posted = standin.stats()
@@ -676,6 +686,8 @@ def realistic_median(samples: list[dict[str, Any]]) -> dict[str, Any]:
     names = {name for s in samples for name in s["commands"]}
     return {"rate": median([s["rate"] for s in samples]),
             "cpu_us": median([s["cpu_us"] for s in samples]),
+            "redis_us": median([s["redis_us"] for s in samples]),
+            "slack_us": median([s["slack_us"] for s in samples]),
             "commands": {n: median([s["commands"].get(n, 0.0) for s in samples]) for n in names}}
 
 
@@ -684,12 +696,14 @@ def realistic_table(run: Run, results: dict[str, dict[str, Any]]) -> None:
     rows = []
     for impl, r in results.items():
         trips = "-" if impl in PEERS else f"{round_trips(r['commands']):.2f}"
-        rows.append([REALISTIC_LABELS[impl], fmt(r["rate"]), fmt(r["cpu_us"]), trips,
+        rows.append([REALISTIC_LABELS[impl], fmt(r["rate"]), fmt(r["cpu_us"]),
+                     fmt(r["redis_us"]), fmt(r["slack_us"]), trips,
                      f"{sum(r['commands'].values()):.1f}", command_summary(r["commands"]),
                      ratio(r["rate"], node["rate"]), ratio(r["rate"], arq["rate"]),
                      ratio(r["rate"], saq["rate"]), ratio(r["cpu_us"], node["cpu_us"]),
                      ratio(r["cpu_us"], arq["cpu_us"]), ratio(r["cpu_us"], saq["cpu_us"])])
-    table(run, ["worker", "jobs/s", "worker CPU µs/job", "round trips/job",
+    table(run, ["worker", "jobs/s", "worker CPU µs/job", "Redis CPU µs/job",
+                "Slack stand-in CPU µs/job", "round trips/job",
                 "Redis commands/job (scripts' included)", "most frequent",
                 "rate/Node", "rate/arq", "rate/saq", "CPU/Node", "CPU/arq", "CPU/saq"], rows)
 
