@@ -41,6 +41,7 @@ class Call:
     args: dict[str, Any]
     headers: dict[str, str]
     at: float
+    client_port: int = 0  # the caller's TCP port: one per connection it opened
 
 
 @dataclass
@@ -81,8 +82,12 @@ def server_error(status: int = 500) -> Scripted:
 class FakeSlack:
     """Run with `start()`; point `SLACK_API_URL` at `base_url`; read `calls`."""
 
-    def __init__(self, port: int = 0, on_call: Callable[[Call], None] | None = None) -> None:
+    def __init__(self, port: int = 0, on_call: Callable[[Call], None] | None = None,
+                 *, keep_alive: bool = False) -> None:
+        """`keep_alive`: speak HTTP/1.1 and keep connections open, as Slack does (by default
+        each answer closes its connection, HTTP/1.0)."""
         self.calls: list[Call] = []
+        self._keep_alive = keep_alive
         self._on_call = on_call
         self._script: dict[str, list[Scripted]] = {}
         self._lock = threading.Lock()
@@ -176,8 +181,9 @@ class FakeSlack:
             time.sleep(0.02)
         raise AssertionError(f"expected {count} {method} calls, got {len(self.calls_to(method))}")
 
-    def _answer(self, method: str, args: dict[str, Any], headers: dict[str, str]) -> Scripted:
-        call = Call(method, args, headers, time.time())
+    def _answer(self, method: str, args: dict[str, Any], headers: dict[str, str],
+                client_port: int = 0) -> Scripted:
+        call = Call(method, args, headers, time.time(), client_port)
         if self._on_call is not None:
             self._on_call(call)
         with self._lock:
@@ -247,13 +253,15 @@ class FakeSlack:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if fake._keep_alive else "HTTP/1.0"
+
             def do_POST(self) -> None:  # http.server's naming
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length).decode()
                 ctype = self.headers.get("Content-Type", "")
                 args = json.loads(raw or "{}") if "json" in ctype else dict(parse_qsl(raw))
                 method = self.path.rsplit("/", 1)[-1]
-                answer = fake._answer(method, args, dict(self.headers))
+                answer = fake._answer(method, args, dict(self.headers), self.client_address[1])
                 if method == "oauth.v2.access" and fake.oauth_delay:
                     time.sleep(fake.oauth_delay)  # this request's thread only
                 body = json.dumps(answer.body).encode()

@@ -7,6 +7,7 @@ failed and kept; completed Slack calls are not repeated on a re-run.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import socket
@@ -224,3 +225,27 @@ async def _atm_is(client: aioredis.Redis, settings: Settings, job_id: str, atm: 
     fields = await client.hgetall(job_key(settings, job_id))
     return fields.get("atm") == str(atm) and fields.get("finishedOn") is not None and (
         await job_state(client, settings, job_id) == "completed")
+
+
+async def test_slack_calls_share_keep_alive_connections(
+    settings: Settings, queue: Queue, aclient: aioredis.Redis,
+) -> None:
+    """One aiohttp session per worker process: calls reuse connections instead of opening one
+    each (slack-sdk opens and closes a session per call when it is given none)."""
+    slack = FakeSlack(keep_alive=True).start()
+    try:
+        worker_settings = settings.model_copy(
+            update={"slack_api_url": slack.base_url, "worker_concurrency": 1})
+        runtime = await start_worker(
+            worker_settings, app_registry(),
+            replace(WorkerOptions.from_settings(worker_settings), grace_seconds=3.0,
+                    limits=NO_PACING))
+        try:
+            for i in range(6):
+                await add_mention(queue, f"Ev0KEEP000{i}", channel=f"C0KEEP{i}")
+            calls = await asyncio.to_thread(slack.wait_for_calls, "chat.postMessage", 6)
+        finally:
+            await runtime.stop()
+    finally:
+        slack.stop()
+    assert len({call.client_port for call in calls}) == 1, [c.client_port for c in calls]

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import redis.asyncio as aioredis
 import structlog
 from bullmq import DelayedError, Job, UnrecoverableError, Worker
@@ -54,7 +55,7 @@ from worker.outage import RedisOutage, is_transient
 from worker.pool import worker_connection
 from worker.registry import HandlerRegistry
 from worker.retry import defer_delay_ms
-from worker.slack import make_client
+from worker.slack import make_client, open_session
 
 if TYPE_CHECKING:
     from worker.tokens import WorkspaceTokens
@@ -273,6 +274,7 @@ class WorkerRuntime:
     run_task: asyncio.Task[Any]
     client: aioredis.Redis
     grace_seconds: float
+    slack_session: aiohttp.ClientSession
     tokens: WorkspaceTokens | None = None
 
     async def stop(self) -> float:
@@ -280,6 +282,7 @@ class WorkerRuntime:
         started = time.monotonic()
         await shutdown(self.worker, self.grace_seconds)
         await asyncio.gather(self.run_task, return_exceptions=True)
+        await self.slack_session.close()
         await self.client.aclose()
         if self.tokens is not None:
             await self.tokens.close()
@@ -310,22 +313,26 @@ async def _start(settings: Settings, registry: HandlerRegistry, options: WorkerO
         from worker.tokens import open_workspace_tokens  # the database, in this mode only
 
         tokens = await open_workspace_tokens(settings, client)
+    slack_session = open_session()
     try:
-        return await _start_worker(settings, registry, options, client, tokens)
+        return await _start_worker(settings, registry, options, client, tokens, slack_session)
     except BaseException:
+        await slack_session.close()
         if tokens is not None:
             await tokens.close()
         raise
 
 
 async def _start_worker(settings: Settings, registry: HandlerRegistry, options: WorkerOptions,
-                        client: aioredis.Redis, tokens: WorkspaceTokens | None) -> WorkerRuntime:
+                        client: aioredis.Redis, tokens: WorkspaceTokens | None,
+                        slack_session: aiohttp.ClientSession) -> WorkerRuntime:
     outage = RedisOutage()
     effects = EffectLog(client, settings.queue_prefix, settings.queue_name,
                         lease_ms=options.lock_duration_ms, outage=outage)
     dispatcher = Dispatcher(
         registry,
-        make_client(None if tokens else settings.bot_token(), settings.slack_api_url),
+        make_client(None if tokens else settings.bot_token(), settings.slack_api_url,
+                    slack_session),
         limiter=Limiter(client, settings.queue_prefix, settings.queue_name, options.limits),
         effects=effects,
         tokens=tokens,
@@ -349,7 +356,7 @@ async def _start_worker(settings: Settings, registry: HandlerRegistry, options: 
              concurrency=settings.worker_concurrency, lock_duration_ms=options.lock_duration_ms,
              stalled_interval_ms=options.stalled_interval_ms,
              run_retry_delay_ms=options.run_retry_delay_ms)
-    return WorkerRuntime(worker, run_task, client, options.grace_seconds, tokens)
+    return WorkerRuntime(worker, run_task, client, options.grace_seconds, slack_session, tokens)
 
 
 async def run_worker(

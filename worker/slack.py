@@ -30,15 +30,29 @@ from worker.retry import is_permanent_slack_error, retry_after_seconds
 CALL_TIMEOUT_SECONDS = 10
 
 
-def make_client(token: str | None, base_url: str) -> AsyncWebClient:
+def open_session() -> aiohttp.ClientSession:
+    """One pool of keep-alive connections for every Slack call of a worker process.
+
+    Given no session, slack-sdk opens an aiohttp session for each call and closes it after, so
+    every call pays a new TCP (and TLS) connection: in `bench/run.py --sections realistic` the
+    Slack stand-in spent 2.3x Node's CPU per call on slackq's calls. Close it at shutdown.
+    slack-sdk passes no per-call timeout to a session of its own: the session carries it.
+    """
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT_SECONDS))
+
+
+def make_client(token: str | None, base_url: str,
+                session: aiohttp.ClientSession | None = None) -> AsyncWebClient:
     """The worker's Web API client: short timeout, one in-call retry on connection errors.
 
     Without a token (multi-workspace mode) each call names its own (`call_slack(token=...)`).
+    With `session` (`open_session()`), calls share its connections.
     """
     return InstrumentedWebClient(  # counts outcomes by method and error code
         token=token,
         base_url=base_url,
         timeout=CALL_TIMEOUT_SECONDS,
+        session=session,
         retry_handlers=[AsyncConnectionErrorRetryHandler(max_retry_count=1)],
     )
 
