@@ -33,7 +33,6 @@ def bench_venv_python() -> Path:
     the hash-pinned lock again whenever the lock changes (the stamp holds its contents).
     """
     import subprocess
-    import venv
 
     python = BENCH_VENV / "bin" / "python"
     stamp = BENCH_VENV / ".requirements-bench.lock"
@@ -41,7 +40,8 @@ def bench_venv_python() -> Path:
     if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return python
     print("bench: installing requirements-bench.lock into .venv-bench", flush=True)
-    venv.create(BENCH_VENV, with_pip=True)
+    # `-m venv` from the repository root: within bench/, `import venv` is this very module.
+    subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True, cwd=ROOT)
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                     "--require-hashes", "-r", str(BENCH_LOCK)], check=True)
     stamp.write_text(wanted)
