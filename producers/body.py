@@ -7,6 +7,7 @@ an unexpected exception: the webhook must answer every request it can read with 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl
@@ -61,10 +62,19 @@ def _no_constants(name: str) -> NoReturn:
     raise MalformedRequest(f"body is not JSON ({name} is not a JSON value)")
 
 
+def _finite_float(text: str) -> float:
+    # `1e999` is valid JSON, but Python reads it as inf, which BullMQ's job data cannot hold.
+    value = float(text)
+    if not math.isfinite(value):
+        raise MalformedRequest("body is not JSON (a number that overflows a float is not a "
+                               "JSON value)")
+    return value
+
+
 def parse_json_object(raw: bytes | str, what: str = "body") -> dict[str, Any]:
-    """A JSON object, strictly (no NaN/Infinity); else 400."""
+    """A JSON object, strictly (no NaN/Infinity, no number overflowing a float); else 400."""
     try:
-        value = json.loads(raw, parse_constant=_no_constants)
+        value = json.loads(raw, parse_constant=_no_constants, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         if isinstance(exc, MalformedRequest):
             raise

@@ -33,6 +33,14 @@ class MalformedRequest(RequestRejected):
     reason = "malformed"
 
 
+class JobNotStorable(RequestRejected):
+    """The request passed its checks, but its job could not be prepared for Redis (e.g. data
+    BullMQ cannot serialise). Only this request fails: the batch it would have joined goes on."""
+
+    status = 400
+    reason = "job_not_storable"
+
+
 class BodyTooLarge(RequestRejected):
     """The body is larger than `producers.body.MAX_BODY_BYTES`."""
 
