@@ -37,6 +37,7 @@ def main() -> int:
         forwarded_allow_ips="*",
         log_config=None,
         access_log=False,
+        limit_concurrency=settings.web_max_concurrency,
     )
     return 0
 
