@@ -11,6 +11,7 @@
                                 mode; never a token)
     slackq installations reencrypt
                                 re-encrypt the stored tokens with SLACKQ_TOKEN_KEY's first key
+    slackq sample-event [--url URL]          post one signed sample event to a webhook
 
 Every command takes `--json` for scripts. Exit codes: 0 fine, 1 doctor found problems (or the
 operator declined a clean), 2 configuration or connection problem, or a clean of unprocessed
@@ -29,6 +30,7 @@ from typing import Any
 from bullmq import Job, Queue
 from redis.exceptions import RedisError
 
+from slackq import sample_event
 from slackq.connection import OPERATOR, redis_client
 from slackq.doctor import Level, evaluate, gather_facts
 from slackq.errors import SlackqError
@@ -263,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--limit", type=int, default=0, help="0 = no limit")
             command.add_argument("--yes", action="store_true",
                                  help="remove unprocessed jobs without asking (for scripts)")
+    sample = sub.add_parser("sample-event", description=sample_event.__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            help="post one signed sample event to a webhook")
+    sample_event.add_arguments(sample)
     return parser
 
 
@@ -276,6 +282,8 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "sample-event":
+        return sample_event.run(args)
     try:
         settings = load_settings()
     except SlackqError as exc:
