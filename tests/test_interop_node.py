@@ -33,6 +33,7 @@ from tests.interop import (
     stored_job,
     until,
 )
+from tests.prerequisites import requires
 from tests.slack_requests import BOT_TOKEN, app_mention_envelope
 from tests.webhook_client import (
     block_actions_payload,
@@ -48,7 +49,7 @@ from worker.runner import WorkerOptions, run_worker
 
 pytestmark = [
     pytest.mark.interop,
-    pytest.mark.skipif(node_skip_reason() is not None, reason=str(node_skip_reason())),
+    requires("Node BullMQ interop", node_skip_reason()),
 ]
 
 DAY_SECONDS = 86_400
