@@ -31,7 +31,7 @@ from slackq.bullmq_seam import queue_client, standard_add_calls
 MAX_BATCH = 256
 
 # A job, its addStandardJob EVALSHA arguments, and the future its `add` awaits.
-Pending = tuple[Job, tuple[Any, ...], "asyncio.Future[str]"]
+Pending = tuple[Job, tuple[Any, ...], asyncio.Future[str]]
 
 
 class AddBatcher:

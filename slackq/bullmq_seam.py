@@ -38,6 +38,7 @@ import asyncio
 import importlib
 import traceback
 import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -289,8 +290,13 @@ def standard_add_calls(queue: Queue, jobs: Iterable[Job]) -> list[tuple[Any, ...
     """
     scripts = queue.scripts
     sha = scripts.commands["addStandardJob"].sha
-    keys = scripts.getKeys(list(STANDARD_JOB_KEYS))
+    keys = _STANDARD_KEYS.get(queue)
+    if keys is None:  # the same for every job of the queue; the webhook prepares jobs one by one
+        keys = _STANDARD_KEYS[queue] = tuple(scripts.getKeys(list(STANDARD_JOB_KEYS)))
     return [(sha, len(keys), *keys, *scripts.addJobArgs(job), job.timestamp) for job in jobs]
+
+
+_STANDARD_KEYS: weakref.WeakKeyDictionary[Queue, tuple[str, ...]] = weakref.WeakKeyDictionary()
 
 
 def queue_client(queue: Queue) -> aioredis.Redis:
