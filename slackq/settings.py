@@ -126,6 +126,11 @@ class Settings(BaseSettings):
                     "a request beyond it gets 503 at once rather than a slower answer for "
                     "everyone. Slack redelivers events after a 503, not commands or clicks: "
                     "size it for the busiest burst.")
+    web_header_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=300,
+        description="How long the web process waits for a request's headers, from the "
+                    "connection's start or the end of the previous answer; a connection "
+                    "that sends them slower (or nothing) is closed.")
     web_body_timeout_seconds: float = Field(
         default=5.0, gt=0, le=300,
         description="How long the web process waits for a request's whole body; a client "

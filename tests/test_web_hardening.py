@@ -6,6 +6,9 @@
   gets 408 within `WEB_BODY_TIMEOUT_SECONDS` and its connection is closed; beyond
   `WEB_MAX_CONCURRENCY` connections a request gets 503, and slots come back once the slow
   bodies time out.
+* A connection that sends no request, or half of its headers, is closed after
+  `WEB_HEADER_TIMEOUT_SECONDS` (producers/http_protocol.py); kept-alive and pipelined requests
+  still work.
 
 Raw sockets, so that the client does exactly what a hostile one would.
 """
@@ -37,13 +40,18 @@ def start_web(redis_url: str, log_dir: Path, **env: str) -> tuple[int, Proc]:
     port = free_port()
     web = Proc("web", process_env(REDIS_URL=redis_url, SLACK_SIGNING_SECRET=SIGNING_SECRET,
                                   PORT=str(port), **env), log_dir)
-    wait_http_ok(f"http://127.0.0.1:{port}/health", proc=web)
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/health", timeout=60, proc=web)
+    except BaseException:
+        web.stop()
+        raise
     return port, web
 
 
 @pytest.fixture
 def web(redis_server: RedisProcess, tmp_path: Path) -> Iterator[int]:
-    port, proc = start_web(redis_server.url, tmp_path, WEB_BODY_TIMEOUT_SECONDS="1")
+    port, proc = start_web(redis_server.url, tmp_path, WEB_BODY_TIMEOUT_SECONDS="1",
+                           WEB_HEADER_TIMEOUT_SECONDS="1")
     try:
         yield port
     finally:
@@ -176,3 +184,54 @@ def test_concurrency_limit_answers_503_and_slow_bodies_give_their_slots_back(
         wait_http_ok(f"http://127.0.0.1:{port}/health", timeout=DEADLINE, proc=proc)
     finally:
         proc.stop()
+
+
+def closed_without_answer(sock: socket.socket) -> bool:
+    return read_response(sock) == b""
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST /slack/events HTTP/1.1\r\nHost: slackq.test\r\n"],
+                         ids=["nothing", "half the headers"])
+def test_a_connection_without_complete_headers_is_closed(web: int, sent: bytes) -> None:
+    with connect(web) as sock:
+        sock.sendall(sent)
+        assert closed_without_answer(sock)
+
+
+def test_kept_alive_and_pipelined_requests_still_work_then_a_half_request_is_closed(
+    web: int,
+) -> None:
+    get = b"GET /health HTTP/1.1\r\nHost: slackq.test\r\n\r\n"
+    def answers(sock: socket.socket, count: int) -> bytes:
+        data = b""
+        while data.count(b'{"healthy":true}') < count:  # each answer ends with this body
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        return data
+
+    with connect(web) as sock:
+        sock.sendall(get)
+        assert answers(sock, 1).startswith(b"HTTP/1.1 200")
+        sock.sendall(get + get)  # two at once: the second waits for the first's answer
+        assert answers(sock, 2).count(b"HTTP/1.1 200") == 2
+        sock.sendall(b"GET /health HTTP/1.1\r\n")  # and then nothing
+        assert closed_without_answer(sock)
+
+
+def test_the_uvicorn_internals_the_header_deadline_relies_on() -> None:
+    """If uvicorn changes any of these, producers/http_protocol.py breaks: re-check it."""
+    import inspect
+
+    from uvicorn.protocols.http import httptools_impl
+
+    protocol = httptools_impl.HttpToolsProtocol
+    for method in ("connection_made", "connection_lost", "on_headers_complete",
+                   "on_response_complete"):
+        assert callable(getattr(protocol, method, None)), (
+            f"producers/http_protocol.py: uvicorn's HttpToolsProtocol has no {method}")
+    init = inspect.getsource(protocol.__init__)
+    assert "self.loop =" in init and "self.transport" in init and "self.cycle" in init, (
+        "producers/http_protocol.py: HttpToolsProtocol no longer sets loop/transport/cycle")
+    assert "self.response_complete" in inspect.getsource(httptools_impl.RequestResponseCycle), (
+        "producers/http_protocol.py: a request cycle no longer has response_complete")
