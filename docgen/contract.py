@@ -180,6 +180,7 @@ def render(settings: Settings | None = None) -> str:
         stack_trace_limit=options["stackTraceLimit"],
         dedup_ttl=settings.job_deduplication_ttl_ms,
         schemas=_schemas(),
+        dropped_fields=", ".join(f"`{name}`" for name in contract.DROPPED_DATA_FIELDS),
     ).rstrip() + "\n"
 
 

@@ -9,6 +9,7 @@ import uvicorn
 
 from producers.ack import require_ack_support
 from producers.app import create_app
+from producers.http_protocol import header_deadline_protocol
 from slackq.errors import ConfigError, RedisMisconfigured, StoreError
 from slackq.logging import configure_logging
 from slackq.preflight import check_credentials, check_store_sync
@@ -37,6 +38,8 @@ def main() -> int:
         forwarded_allow_ips="*",
         log_config=None,
         access_log=False,
+        limit_concurrency=settings.web_max_concurrency,
+        http=header_deadline_protocol(settings.web_header_timeout_seconds),
     )
     return 0
 

@@ -29,7 +29,7 @@ from producers.commands import command_job
 from producers.enqueue import EnqueuePolicy, Enqueuer
 from producers.errors import MalformedRequest, RequestRejected, Unauthorized
 from producers.events import event_outcome
-from producers.health import ops_routes
+from producers.health import OpsEndpoints
 from producers.interactivity import interactive_job
 from producers.jobs import Outcome, SlackJob
 from producers.metrics import ProducerMetrics
@@ -71,7 +71,7 @@ async def _form_request(request: Request, handler: FormHandler) -> Response:
     `ssl_check=1` (sent when a command URL is saved) gets 200 whatever its signature, as in Bolt:
     it never becomes a job.
     """
-    body = await read_body(request)
+    body = await _read_body(request)
     if _is_ssl_check(body):
         return Response(status_code=200)
     _verify(request, body)
@@ -98,9 +98,13 @@ def _any_form_outcome(request: Request, form: dict[str, str]) -> tuple[str, Slac
 
 
 async def _verified_body(request: Request) -> bytes:
-    body = await read_body(request)
+    body = await _read_body(request)
     _verify(request, body)
     return body
+
+
+async def _read_body(request: Request) -> bytes:
+    return await read_body(request, request.app.state.settings.web_body_timeout_seconds)
 
 
 def _verify(request: Request, body: bytes) -> None:
@@ -154,8 +158,9 @@ async def _rejected(request: Request, exc: Exception) -> Response:
     request.app.state.metrics.count("any", exc.reason)
     log.warning("slack_request_rejected", path=request.url.path, status=exc.status,
                 reason=exc.reason, detail=exc.message)
+    headers = {"Connection": "close"} if exc.close_connection else None
     return JSONResponse({"ok": False, "error": exc.reason, "detail": exc.message},
-                        status_code=exc.status)
+                        status_code=exc.status, headers=headers)
 
 
 async def _http_error(_request: Request, exc: Exception) -> Response:
@@ -173,6 +178,8 @@ def create_app(settings: Settings, policy: EnqueuePolicy | None = None) -> Starl
     """The ASGI app for `settings` (the web process reads them once, in `producers.__main__`)."""
 
     multi = settings.workspace_mode() == "multi"
+    metrics = ProducerMetrics()
+    ops = OpsEndpoints(settings, metrics.registry)  # /health/redis, /metrics
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -186,15 +193,15 @@ def create_app(settings: Settings, policy: EnqueuePolicy | None = None) -> Starl
             await app.state.enqueuer.close()
             if multi:
                 await app.state.oauth.close()
+            await ops.close()
 
-    metrics = ProducerMetrics()
     app = Starlette(
         routes=[
             Route("/slack/events", slack_events, methods=["POST"]),
             Route("/slack/commands", slack_commands, methods=["POST"]),
             Route("/slack/interactivity", slack_interactivity, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
-            *ops_routes(settings, metrics.registry),  # /health/redis, /metrics
+            *ops.routes,
             *(oauth_routes() if multi else []),
         ],
         exception_handlers={RequestRejected: _rejected,

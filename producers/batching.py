@@ -10,6 +10,11 @@ and one read serve many requests.
 A job's future resolves with its id only from Redis' reply to that job's EVALSHA: a resolved
 future means the job is stored, as with `Queue.add`. Anything unusual (a delayed or prioritised
 job, NOSCRIPT after a Redis restart) goes through the port's own `Queue.add`.
+
+Each job's script arguments are prepared in its caller's task, before it joins a batch: a job
+that cannot be prepared (data BullMQ cannot serialise, say) fails that one `add` with
+`JobNotStorable` (a 400), and no batch ever holds it. Once, such a job raised inside the shared
+send task and every request of its batch waited out its budget for a 503.
 """
 
 from __future__ import annotations
@@ -20,9 +25,13 @@ from typing import Any
 from bullmq import Job, Queue
 from redis.exceptions import NoScriptError, ResponseError
 
+from producers.errors import JobNotStorable
 from slackq.bullmq_seam import queue_client, standard_add_calls
 
 MAX_BATCH = 256
+
+# A job, its addStandardJob EVALSHA arguments, and the future its `add` awaits.
+Pending = tuple[Job, tuple[Any, ...], asyncio.Future[str]]
 
 
 class AddBatcher:
@@ -30,39 +39,49 @@ class AddBatcher:
 
     def __init__(self, queue: Queue) -> None:
         self.queue = queue
-        self._pending: list[tuple[Job, asyncio.Future[str]]] = []
+        self._pending: list[Pending] = []
         self._sender: asyncio.Task[None] | None = None
 
     async def add(self, name: str, data: dict[str, Any], opts: dict[str, Any]) -> str:
         """Store one job; return its id (an existing job's id when the id is already taken)."""
-        job = Job(self.queue, name, data, opts)
+        job, call = self._prepare(name, data, opts)
         if job.opts.get("delay") or job.opts.get("priority"):
             return str((await self.queue.add(name, data, opts)).id)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending.append((job, future))
+        self._pending.append((job, call, future))
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_all())
         return await future
+
+    def _prepare(self, name: str, data: dict[str, Any], opts: dict[str, Any],
+                 ) -> tuple[Job, tuple[Any, ...]]:
+        """The job and its script arguments; `JobNotStorable` for anything that fails here."""
+        try:
+            job = Job(self.queue, name, data, opts)
+            [call] = standard_add_calls(self.queue, [job])
+        except Exception as exc:  # any failure to prepare one job is that job's alone
+            raise JobNotStorable(
+                f"the job's data cannot be stored in BullMQ ({type(exc).__name__})") from exc
+        return job, call
 
     async def _send_all(self) -> None:
         # One pipeline in flight at a time; what arrives meanwhile makes up the next one.
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            live = [(job, future) for job, future in batch if not future.done()]
+            live = [pending for pending in batch if not pending[2].done()]
             if live:
                 await self._send(live)
 
-    async def _send(self, batch: list[tuple[Job, asyncio.Future[str]]]) -> None:
-        calls = standard_add_calls(self.queue, (job for job, _ in batch))
+    async def _send(self, batch: list[Pending]) -> None:
         try:
-            replies = await self._evalsha(calls)
+            replies = await self._evalsha([call for _, call, _ in batch])
         except BaseException as exc:  # every waiter must hear of it
-            for _, future in batch:
+            for _, _, future in batch:
                 _fail(future, exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        for (job, future), reply in zip(batch, replies, strict=True):
+        for (job, _, future), reply in zip(batch, replies, strict=True):
             await self._settle(job, future, reply)
 
     async def _evalsha(self, calls: list[tuple[Any, ...]]) -> list[Any]:

@@ -6,14 +6,16 @@ an unexpected exception: the webhook must answer every request it can read with 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
 from starlette.requests import ClientDisconnect, Request
 
-from producers.errors import BodyTooLarge, MalformedRequest, UnsupportedMediaType
+from producers.errors import BodyTimeout, BodyTooLarge, MalformedRequest, UnsupportedMediaType
 
 # Slack's own payloads stay far below this (a message event with many blocks is ~10-50 KB).
 # Larger requests are not Slack's: 413 before the whole body is read.
@@ -35,14 +37,24 @@ def media_type(headers: Mapping[str, str], accepted: tuple[str, ...]) -> str:
     return value
 
 
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The raw body (the signature covers these exact bytes), at most `limit` bytes; else 413."""
+async def read_body(request: Request, within: float, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The raw body (the signature covers these exact bytes): at most `limit` bytes, else 413
+    (from Content-Length before any of it is read); all of it within `within` seconds, else 408.
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
             raise MalformedRequest("malformed Content-Length")
         if int(declared) > limit:
             raise BodyTooLarge(f"body larger than {limit} bytes")
+    try:
+        async with asyncio.timeout(within):
+            return await _read_chunks(request, limit)
+    except TimeoutError:
+        raise BodyTimeout(f"body not received within {within:g} s") from None
+
+
+async def _read_chunks(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
@@ -61,10 +73,19 @@ def _no_constants(name: str) -> NoReturn:
     raise MalformedRequest(f"body is not JSON ({name} is not a JSON value)")
 
 
+def _finite_float(text: str) -> float:
+    # `1e999` is valid JSON, but Python reads it as inf, which BullMQ's job data cannot hold.
+    value = float(text)
+    if not math.isfinite(value):
+        raise MalformedRequest("body is not JSON (a number that overflows a float is not a "
+                               "JSON value)")
+    return value
+
+
 def parse_json_object(raw: bytes | str, what: str = "body") -> dict[str, Any]:
-    """A JSON object, strictly (no NaN/Infinity); else 400."""
+    """A JSON object, strictly (no NaN/Infinity, no number overflowing a float); else 400."""
     try:
-        value = json.loads(raw, parse_constant=_no_constants)
+        value = json.loads(raw, parse_constant=_no_constants, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         if isinstance(exc, MalformedRequest):
             raise

@@ -1,7 +1,8 @@
 """`POST /slack/events` with a JSON body: the Events API.
 
 * `url_verification`: answer the challenge, no job.
-* `event_callback`: one job named after the event type, id `event_id`, data the whole envelope.
+* `event_callback`: one job named after the event type, id `event_id`, data the whole envelope
+  but Slack's legacy `token` (`slackq.contract.DROPPED_DATA_FIELDS`).
 * `app_rate_limited`: Slack tells us it dropped events; logged and counted, no job.
 * any other type: 200 with no job, logged (Slack must not count it as a failed delivery).
 """
@@ -17,6 +18,7 @@ from producers.body import log_text, required_text
 from producers.errors import MalformedRequest
 from producers.jobs import Outcome, SlackJob, checked_job_id
 from producers.metrics import ProducerMetrics
+from slackq.contract import stored_data
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +50,7 @@ def _event_job(payload: dict[str, Any]) -> SlackJob:
     event_id = required_text(payload, "event_id")
     return SlackJob(
         name=event_type,
-        data=payload,
+        data=stored_data(payload),
         job_id=checked_job_id(event_id),
         log_context={"team_id": log_text(payload, "team_id"),
                      "event_id": log_text(payload, "event_id")},

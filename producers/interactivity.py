@@ -7,7 +7,8 @@
   `interactive-sha256-<first 32 hex digits of the SHA-256 of the payload JSON>`, which is stable
   across identical deliveries,
 * data: the parsed `payload` object (what Slack documents as the payload, and what Bolt hands its
-  listeners as `body`); a Node consumer reads `job.data.type`, `job.data.user.id`, ... directly.
+  listeners as `body`) without Slack's legacy `token`; a Node consumer reads `job.data.type`,
+  `job.data.user.id`, ... directly.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hashlib
 from producers.body import log_text, parse_json_object, required_text
 from producers.errors import MalformedRequest
 from producers.jobs import SlackJob, checked_job_id
+from slackq.contract import stored_data
 
 JOB_ID_PREFIX = "interactive-"
 JOB_NAME_PREFIX = "interactive:"
@@ -34,7 +36,7 @@ def interactive_job(form: dict[str, str]) -> SlackJob:
         job_id = f"{JOB_ID_PREFIX}sha256-{hashlib.sha256(raw.encode()).hexdigest()[:32]}"
     return SlackJob(
         name=JOB_NAME_PREFIX + kind,
-        data=payload,
+        data=stored_data(payload),
         job_id=checked_job_id(job_id),
         log_context={"team_id": _team_id(payload), "trigger_id": log_text(payload, "trigger_id")},
     )

@@ -23,6 +23,8 @@ slackq uses the port's public API everywhere else: what Node BullMQ documents an
 * `set_retry_delay`: the in-memory `job.opts["backoff"]` that `Job.moveToFailed` reads.
 * `standard_add_calls`, `queue_client`: the `addStandardJob` script's SHA, keys and arguments
   (`Queue.scripts`), and `Queue.client`, for `producers/batching.py`'s pipelined adds.
+* `route_port_tracebacks`: the `traceback` module global of the port's modules that call
+  `traceback.print_exc()` (`PRINTING_MODULES`), replaced so that it logs instead.
 
 tests/test_bullmq_seam.py checks the installed port's version against pyproject.toml and each
 signature, attribute and script this module relies on; a failure names the function here that
@@ -33,11 +35,15 @@ use of the port's internals.
 from __future__ import annotations
 
 import asyncio
+import importlib
+import traceback
 import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+import structlog
 from bullmq import Job, Queue, Worker
 from bullmq.scripts import raw2NextJobData
 from redis.asyncio.retry import Retry
@@ -284,11 +290,44 @@ def standard_add_calls(queue: Queue, jobs: Iterable[Job]) -> list[tuple[Any, ...
     """
     scripts = queue.scripts
     sha = scripts.commands["addStandardJob"].sha
-    keys = scripts.getKeys(list(STANDARD_JOB_KEYS))
+    keys = _STANDARD_KEYS.get(queue)
+    if keys is None:  # the same for every job of the queue; the webhook prepares jobs one by one
+        keys = _STANDARD_KEYS[queue] = tuple(scripts.getKeys(list(STANDARD_JOB_KEYS)))
     return [(sha, len(keys), *keys, *scripts.addJobArgs(job), job.timestamp) for job in jobs]
+
+
+_STANDARD_KEYS: weakref.WeakKeyDictionary[Queue, tuple[str, ...]] = weakref.WeakKeyDictionary()
 
 
 def queue_client(queue: Queue) -> aioredis.Redis:
     """The Redis client `queue` sends its commands through (the one it was given, if any)."""
     client: aioredis.Redis = queue.client
     return client
+
+
+# The port's modules that print tracebacks to stderr themselves (`traceback.print_exc()`):
+# `utils.extract_result` for a job task that raised, `Worker.run`'s loop, `Worker.extendLocks`.
+PRINTING_MODULES = ("bullmq.utils", "bullmq.worker")
+
+
+class _LoggedTraceback:
+    """Stands in for the `traceback` module inside a port module: `print_exc()` becomes one
+    structured, redacted log line (a printed traceback is many lines of raw text on stderr,
+    which no log collector groups and no redaction sees); the rest is the real module."""
+
+    def __init__(self, module_name: str) -> None:
+        self._log = structlog.get_logger(module_name)
+
+    def print_exc(self, limit: int | None = None, file: Any = None, chain: bool = True) -> None:
+        self._log.error("bullmq_port_error", exc_info=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(traceback, name)
+
+
+def route_port_tracebacks() -> None:
+    """Make the port's own `traceback.print_exc()` calls log through structlog (idempotent)."""
+    for name in PRINTING_MODULES:
+        module = importlib.import_module(name)
+        if not isinstance(getattr(module, "traceback", None), _LoggedTraceback):
+            setattr(module, "traceback", _LoggedTraceback(name))  # noqa: B010 - a module global

@@ -3,16 +3,19 @@
     slackq status               counts per state, worker connections, Redis version, memory,
                                 eviction policy, AOF and fsync state
     slackq doctor               checks the Redis for production; exits 1 with the reasons
-    slackq failed [--limit N]   failed jobs with their reasons
-    slackq retry (--all | --name NAME)
-    slackq clean --state STATE --age SECONDS [--limit N]
+    slackq failed [--limit N]   failed jobs with their reasons (a job that does not parse gets
+                                its own line, its problems named; text is escaped)
+    slackq retry (--all | --name NAME)       attempts are kept: see `slackq retry --help`
+    slackq clean --state STATE --age SECONDS [--limit N] [--yes]
     slackq installations        installed workspaces and their token expiry (multi-workspace
                                 mode; never a token)
     slackq installations reencrypt
                                 re-encrypt the stored tokens with SLACKQ_TOKEN_KEY's first key
+    slackq sample-event [--url URL]          post one signed sample event to a webhook
 
-Every command takes `--json` for scripts. Exit codes: 0 fine, 1 doctor found problems,
-2 configuration or connection problem (one line on stderr, never a password).
+Every command takes `--json` for scripts. Exit codes: 0 fine, 1 doctor found problems (or the
+operator declined a clean), 2 configuration or connection problem, or a clean of unprocessed
+jobs without a terminal to ask at and without --yes (one line on stderr, never a password).
 """
 
 from __future__ import annotations
@@ -22,15 +25,16 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-from bullmq import Queue
+from bullmq import Job, Queue
 from redis.exceptions import RedisError
 
+from slackq import sample_event
 from slackq.connection import OPERATOR, redis_client
 from slackq.doctor import Level, evaluate, gather_facts
 from slackq.errors import SlackqError
+from slackq.failed_jobs import FailedJobs, shown
 from slackq.logging import redact
 from slackq.preflight import describe, redis_location
 from slackq.settings import Settings, load_settings
@@ -38,6 +42,7 @@ from slackq.settings import Settings, load_settings
 STATES = ("wait", "active", "delayed", "prioritized", "waiting-children", "paused",
           "completed", "failed")
 CLEANABLE = ("completed", "failed", "wait", "delayed", "prioritized", "paused")
+UNPROCESSED = ("wait", "delayed", "prioritized", "paused")
 
 
 class Ops:
@@ -100,18 +105,11 @@ async def cmd_doctor(ops: Ops, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _iso(ms: int | None) -> str | None:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat() if ms else None
-
-
 async def cmd_failed(ops: Ops, args: argparse.Namespace) -> int:
-    jobs = await ops.queue.getJobs(["failed"], 0, args.limit - 1)
-    rows = [{"id": job.id, "name": job.name, "attempts": job.attemptsMade,
-             "failed_at": _iso(job.finishedOn),
-             "reason": redact(str(job.failedReason or ""))[:300]} for job in jobs]
-    lines = [f"{r['id']}  {r['name']}  attempts={r['attempts']}  {r['failed_at']}  {r['reason']}"
-             for r in rows] or ["no failed jobs"]
-    _emit(args, rows, lines)
+    rows = await FailedJobs(ops.client, ops.settings.queue_prefix,
+                            ops.settings.queue_name).rows(args.limit)
+    _emit(args, [row.as_dict() for row in rows],
+          [row.line() for row in rows] or ["no failed jobs"])
     return 0
 
 
@@ -120,23 +118,60 @@ async def cmd_retry(ops: Ops, args: argparse.Namespace) -> int:
         before = (await ops.queue.getJobCounts("failed"))["failed"]
         await ops.queue.retryJobs({"state": "failed", "count": 1000})
         after = (await ops.queue.getJobCounts("failed"))["failed"]
-        retried = [f"{before - after} job(s)"]
-    else:
-        jobs = await ops.queue.getJobs(["failed"], 0, -1)
-        retried = []
-        for job in jobs:
-            if job.name == args.name:
-                await job.retry("failed")
-                retried.append(str(job.id))
-    _emit(args, {"retried": retried}, [f"retried {', '.join(retried) or 'nothing'}"])
+        _emit(args, {"retried": [f"{before - after} job(s)"], "skipped": []},
+              [f"retried {before - after} job(s)"])
+        return 0
+    retried: list[str] = []
+    skipped: list[dict[str, Any]] = []
+    failed = FailedJobs(ops.client, ops.settings.queue_prefix, ops.settings.queue_name)
+    for row in await failed.named(args.name):
+        problem = "; ".join(row.problems) or await _retry_one(ops.queue, row.id)
+        if problem:
+            skipped.append({"id": row.id, "problem": problem})
+        else:
+            retried.append(row.id)
+    lines = [f"retried {', '.join(map(shown, retried)) or 'nothing'}"]
+    lines += [f"not retried {shown(s['id'])}: {s['problem']}" for s in skipped]
+    _emit(args, {"retried": retried, "skipped": skipped}, lines)
     return 0
 
 
+async def _retry_one(queue: Queue, job_id: str) -> str:
+    """Retry one failed job; '' when done, else why not (one job's trouble stays its own)."""
+    try:
+        job = await Job.fromId(queue, job_id)
+        if job is None:
+            return "the job is gone"
+        await job.retry("failed")
+    except RedisError:
+        raise
+    except Exception as exc:  # a hostile job must not stop the others
+        return shown(f"{type(exc).__name__}: {exc}")
+    return ""
+
+
 async def cmd_clean(ops: Ops, args: argparse.Namespace) -> int:
+    if args.state in UNPROCESSED and not args.yes:
+        count = (await ops.queue.getJobCounts(args.state))[args.state]
+        if not _confirmed(f"{args.state} holds {count} job(s) never processed; remove those "
+                          f"older than {args.age}s for good? [y/N] "):
+            print(f"slackq clean: nothing removed ({args.state} jobs are Slack events not yet "
+                  "handled; --yes removes them without asking)", file=sys.stderr)
+            return 2 if not sys.stdin.isatty() else 1
     removed = await ops.queue.clean(args.age * 1000, args.limit, args.state)
     _emit(args, {"removed": list(removed)},
           [f"removed {len(removed)} {args.state} job(s) older than {args.age}s"])
     return 0
+
+
+def _confirmed(question: str) -> bool:
+    """The operator's yes at a terminal; never without one (a script must pass --yes)."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
 
 
 COMMANDS: dict[str, Callable[[Ops, argparse.Namespace], Awaitable[int]]] = {
@@ -174,27 +209,66 @@ async def cmd_installations(settings: Settings, args: argparse.Namespace) -> int
     return 0
 
 
+RETRY_HELP = """Move failed jobs back to wait, as BullMQ's retry does.
+
+Attempts are not reset: a job keeps its attemptsMade, so a job that used up its `attempts`
+(JOB_ATTEMPTS) gets one more run, and fails for good if that run fails (no backoff retries).
+A job that failed early keeps the retries it had left. --name reads each job on its own: a job
+whose data does not parse is named on its own line and not retried; the others are.
+"""
+
+CLEAN_HELP = """Remove jobs of one state older than --age seconds (BullMQ's clean).
+
+wait, delayed, prioritized and paused jobs are Slack events not yet handled: removing them
+loses them, so clean asks first at a terminal, and refuses without one unless --yes is given.
+"""
+
+HELP = {"retry": RETRY_HELP, "clean": CLEAN_HELP}
+SUMMARY = {
+    "status": "jobs per state, worker connections, Redis memory, eviction policy, AOF",
+    "doctor": "check the Redis for production (exit 1 with the reasons)",
+    "failed": "failed jobs with their reasons",
+    "retry": "move failed jobs back to wait (attempts are kept)",
+    "clean": "remove jobs of one state older than --age seconds",
+}
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slackq", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    installations = sub.add_parser("installations")
+    installations = sub.add_parser(
+        "installations", help="installed workspaces and their token expiry (multi-workspace)")
     installations.add_argument("action", nargs="?", choices=("list", "reencrypt"),
                                default="list")
     installations.add_argument("--json", action="store_true", help="machine-readable output")
     for name in COMMANDS:
-        command = sub.add_parser(name)
+        command = sub.add_parser(name, help=SUMMARY[name], description=HELP.get(name),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         command.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "failed":
-            command.add_argument("--limit", type=int, default=50)
+            command.add_argument("--limit", type=_positive, default=50)
         elif name == "retry":
             which = command.add_mutually_exclusive_group(required=True)
             which.add_argument("--all", action="store_true", help="every failed job")
             which.add_argument("--name", help="failed jobs with this job name (event type)")
         elif name == "clean":
             command.add_argument("--state", choices=CLEANABLE, required=True)
-            command.add_argument("--age", type=int, required=True,
-                                 help="only jobs older than this many seconds")
+            command.add_argument("--age", type=_positive, required=True,
+                                 help="only jobs older than this many seconds (at least 1)")
             command.add_argument("--limit", type=int, default=0, help="0 = no limit")
+            command.add_argument("--yes", action="store_true",
+                                 help="remove unprocessed jobs without asking (for scripts)")
+    sample = sub.add_parser("sample-event", description=sample_event.__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            help="post one signed sample event to a webhook")
+    sample_event.add_arguments(sample)
     return parser
 
 
@@ -208,6 +282,8 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "sample-event":
+        return sample_event.run(args)
     try:
         settings = load_settings()
     except SlackqError as exc:

@@ -18,7 +18,8 @@ the enqueue policy (`producers/enqueue.py`). Timeouts are socket / connect.
   no retry.
 * `PATIENT_PROBE`: the start-up credentials check, doctor's anonymous PING. 5 s / 5 s, no retry.
 * `OPERATOR`: the `slackq` CLI, whose Queue commands over many jobs may take seconds. 10 s / 5 s,
-  one retry after 0.1-0.5 s.
+  one retry after 0.1-0.5 s; bytes that are not UTF-8 decode as backslash escapes (a job may
+  hold anything).
 
 Two corrections to the BullMQ port's defaults are the reason for `BLOCKING` and `PRODUCER`:
 
@@ -113,6 +114,8 @@ class Profile:
     keepalive: bool = False  # TCP keepalive (TCP connections only)
     pool_size: int | None = None  # a LeanConnectionPool of at most this many; None: redis-py's
     count_connects: bool = False  # slackq_redis_connects / _reconnects
+    # How a reply that is not UTF-8 decodes: "strict" raises; the CLI reads whatever a job holds.
+    encoding_errors: str = "strict"
 
     def with_timeout(self, seconds: float) -> Profile:
         """This profile with both timeouts set to `seconds`."""
@@ -133,7 +136,8 @@ PRODUCER = Profile("producer", socket_timeout=PRODUCER_TIMEOUT_SECONDS,
 PROBE = Profile("probe", socket_timeout=1.0, connect_timeout=1.0, retry=NO_RETRY)
 PATIENT_PROBE = PROBE.with_timeout(5.0)
 OPERATOR = Profile("operator", socket_timeout=10, connect_timeout=5,
-                   retry=RedisRetry(1, "exponential", base=0.1, cap=0.5))
+                   retry=RedisRetry(1, "exponential", base=0.1, cap=0.5),
+                   encoding_errors="backslashreplace")
 COMMAND_TIMEOUT_SECONDS = 5.0
 
 
@@ -267,6 +271,8 @@ def _profile_options(url: str, profile: Profile) -> dict[str, Any]:
         options["socket_keepalive"] = True
     if profile.count_connects:
         options["redis_connect_func"] = track_connect
+    if profile.encoding_errors != "strict":
+        options["encoding_errors"] = profile.encoding_errors
     return options
 
 

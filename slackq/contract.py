@@ -3,7 +3,8 @@
 A job is a BullMQ job on queue `QUEUE_NAME` under prefix `QUEUE_PREFIX`:
 
 * `name`: the Slack event type for Events API callbacks (`app_mention`, `message`, ...).
-* `data`: the Slack payload exactly as received (the whole `event_callback` envelope).
+* `data`: the Slack payload as received (the whole `event_callback` envelope), without the
+  fields in `DROPPED_DATA_FIELDS`.
 * `id`: Slack's `event_id`, so a redelivery cannot create a second job.
 
 See docs/job-contract.md for the full, generated contract.
@@ -61,6 +62,18 @@ def _js_negative_number(job_id: str) -> bool:
     if match is None:
         return False
     return float(match.group(1).replace("Infinity", "inf")) != 0
+
+
+# Slack's legacy verification `token` comes with every event, command and interaction: one
+# shared secret of the app (anyone holding it could once forge requests). It has no use once the
+# signature is checked, and a job's data is read by every consumer, logged on failure, shown by
+# dashboards: it is never stored.
+DROPPED_DATA_FIELDS = ("token",)
+
+
+def stored_data(payload: dict[str, Any]) -> dict[str, Any]:
+    """The job data of a Slack payload: the payload without `DROPPED_DATA_FIELDS` (a copy)."""
+    return {key: value for key, value in payload.items() if key not in DROPPED_DATA_FIELDS}
 
 
 @dataclass(frozen=True)

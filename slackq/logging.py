@@ -15,14 +15,21 @@ from typing import Any, TextIO
 
 import structlog
 
+from slackq.bullmq_seam import route_port_tracebacks
+
 # Slack tokens (xoxb-, xoxp-, xapp-...) and passwords inside URLs (user:password@ or
 # ?password=) must never reach a log line, tracebacks included.
 _TOKEN = re.compile(r"xox[a-z]-[0-9A-Za-z-]+|xapp-[0-9A-Za-z-]+")
-_URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)[^@\s]+@")
+# Any scheme's user info; the password runs to the LAST '@' before a space or quote, so one
+# holding '@' (redis://user:p@ss@host) is hidden whole. Too much hidden beats too little.
+_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s'\"]*:)[^\s'\"]*@", re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r"(password=)[^&\s'\"]+", re.IGNORECASE)
 _QUIET_LOGGERS = {"sqlalchemy": logging.WARNING, "aiosqlite": logging.INFO,
                   "asyncpg": logging.INFO}
 _REDACT_KEYS = frozenset({"token", "password", "signing_secret", "secret", "authorization"})
+_REDACT_SUFFIXES = ("_token", "_secret", "_password")
+# Nested values (a Slack payload, a list of them) are redacted this deep; deeper, as text.
+_MAX_DEPTH = 8
 
 
 def redact(text: str) -> str:
@@ -37,13 +44,45 @@ def redact(text: str) -> str:
     return text
 
 
+def _secret_key(key: object) -> bool:
+    if not isinstance(key, str):
+        return False
+    lowered = key.lower()
+    return lowered in _REDACT_KEYS or lowered.endswith(_REDACT_SUFFIXES)
+
+
+def redact_value(value: Any, depth: int = 0) -> Any:
+    """`value` with secrets removed: strings through `redact`, dicts, lists, tuples and sets
+    item by item (a secret-named key's value becomes `***`). Unchanged values are returned as
+    they are, so a log line never copies a payload it does not need to."""
+    if isinstance(value, str):
+        return redact(value)
+    if not isinstance(value, dict | list | tuple | set | frozenset):
+        return value
+    if depth >= _MAX_DEPTH:
+        return redact(repr(value))
+    if isinstance(value, dict):
+        cleaned: dict[Any, Any] = {
+            key: "***" if _secret_key(key) else redact_value(item, depth + 1)
+            for key, item in value.items()}
+        changed = any(cleaned[key] is not item for key, item in value.items())
+        return cleaned if changed else value
+    items = [redact_value(item, depth + 1) for item in value]
+    if all(new is old for new, old in zip(items, value, strict=True)):
+        return value
+    return type(value)(items) if not isinstance(value, list) else items
+
+
 def _redact_processor(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for key, value in event_dict.items():  # only values change: safe while iterating
-        if key.lower() in _REDACT_KEYS:
+        if _secret_key(key):
             event_dict[key] = "***"
-        elif isinstance(value, str) and value != (clean := redact(value)):
+        elif isinstance(value, str):
+            if value != (clean := redact(value)):
+                event_dict[key] = clean
+        elif (clean := redact_value(value)) is not value:
             event_dict[key] = clean
     return event_dict
 
@@ -100,3 +139,5 @@ def configure_logging(log_format: str | None = None, log_level: str = "info") ->
     # slack-sdk's OAuth client has its own quiet logger (slackq/slack_oauth.py).
     for name, floor in _QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(max(level, floor))
+    # The port prints some tracebacks itself (not through logging): they become log lines too.
+    route_port_tracebacks()

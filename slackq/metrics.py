@@ -13,10 +13,14 @@ by the client factory in `slackq/connection.py`), the queue-count collector, the
 from __future__ import annotations
 
 import functools
+import math
+import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import redis
 import structlog
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -61,36 +65,76 @@ _LIST_STATES = ("wait", "paused", "active")
 _ZSET_STATES = ("delayed", "prioritized", "waiting-children", "completed", "failed")
 
 
-class QueueCountsCollector(Collector):
-    """`slackq_queue_jobs{queue, state}`, read from Redis at each scrape (LLEN / ZCARD, what
-    BullMQ's `getCounts` reads). A scrape while Redis is down yields no queue samples."""
+# How long a scrape's queue counts serve further scrapes: scrapers many or fast (or a public
+# /metrics hammered) cost Redis at most one pipeline per second per process.
+SCRAPE_CACHE_SECONDS = 1.0
 
-    def __init__(self, url: str, prefix: str, queue: str) -> None:
-        self.url, self.prefix, self.queue = url, prefix, queue
+
+class QueueCountsCollector(Collector):
+    """`slackq_queue_jobs{queue, state}`, read from Redis at scrape time (LLEN / ZCARD, what
+    BullMQ's `getCounts` reads). A scrape while Redis is down yields no queue samples.
+
+    One client (the `PROBE` profile: 1 s timeouts, no retry) serves every scrape, and a read is
+    reused for `max_age` seconds, a failed one too: scrapes open no connection of their own.
+    """
+
+    def __init__(self, url: str, prefix: str, queue: str,
+                 max_age: float = SCRAPE_CACHE_SECONDS) -> None:
+        self.url, self.prefix, self.queue, self.max_age = url, prefix, queue, max_age
+        self._lock = threading.Lock()  # prometheus-client may collect in several threads
+        self._client: redis.Redis | None = None
+        self._read_at = -math.inf
+        self._last: dict[str, int] = {}
 
     def counts(self) -> dict[str, int]:
+        """The counts now, read from Redis (raises RedisError / OSError)."""
+        with self._lock:
+            return self._read()
+
+    def recent_counts(self) -> dict[str, int]:
+        """The counts at most `max_age` seconds old; {} if Redis did not answer then.
+
+        Concurrent scrapes of stale counts wait for one read rather than each making their own.
+        """
+        with self._lock:
+            if time.monotonic() - self._read_at >= self.max_age:
+                try:
+                    self._last = self._read()
+                except (RedisError, OSError) as exc:
+                    log.warning("metrics_queue_counts_unavailable", error=type(exc).__name__)
+                    self._last = {}
+                self._read_at = time.monotonic()
+            return self._last
+
+    def _read(self) -> dict[str, int]:
+        base = f"{self.prefix}:{self.queue}:"
+        pipe = self._redis().pipeline(transaction=False)
+        for state in _LIST_STATES:
+            pipe.llen(base + state)
+        for state in _ZSET_STATES:
+            pipe.zcard(base + state)
+        values = pipe.execute()
+        return dict(zip(_LIST_STATES + _ZSET_STATES, map(int, values), strict=True))
+
+    def _redis(self) -> redis.Redis:
         # Synchronous: prometheus-client collects in a plain thread.
         from slackq.connection import PROBE, sync_redis_client  # connection.py imports this module
 
-        base = f"{self.prefix}:{self.queue}:"
-        with sync_redis_client(self.url, PROBE) as client:
-            pipe = client.pipeline(transaction=False)
-            for state in _LIST_STATES:
-                pipe.llen(base + state)
-            for state in _ZSET_STATES:
-                pipe.zcard(base + state)
-            values = pipe.execute()
-        return dict(zip(_LIST_STATES + _ZSET_STATES, map(int, values), strict=True))
+        if self._client is None:
+            self._client = sync_redis_client(self.url, PROBE)
+        return self._client
+
+    def close(self) -> None:
+        """Close the client (a later scrape opens a new one)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily("slackq_queue_jobs", "Jobs on the queue by state",
                                    labels=["queue", "state"])
-        try:
-            counts = self.counts()
-        except (RedisError, OSError) as exc:
-            log.warning("metrics_queue_counts_unavailable", error=type(exc).__name__)
-            counts = {}
-        for state, count in counts.items():
+        for state, count in self.recent_counts().items():
             family.add_metric([self.queue, state], count)
         yield family
 
@@ -108,8 +152,17 @@ class _Forward(Collector):
 def exposition_registry(url: str, prefix: str, queue: str,
                         *extra: CollectorRegistry) -> CollectorRegistry:
     """What `/metrics` serves: the process's metrics, `extra` registries and the queue counts."""
+    registry, _ = exposition_registry_with_counts(url, prefix, queue, *extra)
+    return registry
+
+
+def exposition_registry_with_counts(
+    url: str, prefix: str, queue: str, *extra: CollectorRegistry,
+) -> tuple[CollectorRegistry, QueueCountsCollector]:
+    """`exposition_registry`, and its queue-count collector (for its owner to close)."""
     registry = CollectorRegistry(auto_describe=False)
     for source in (REGISTRY, *extra):
         registry.register(_Forward(source))
-    registry.register(QueueCountsCollector(url, prefix, queue))
-    return registry
+    counts = QueueCountsCollector(url, prefix, queue)
+    registry.register(counts)
+    return registry, counts

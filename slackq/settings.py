@@ -120,6 +120,22 @@ class Settings(BaseSettings):
     port: int = Field(default=3000, ge=1, le=65535,
                       description="The port the web process listens on (Heroku and Railway "
                                   "set it).")
+    web_max_concurrency: int = Field(
+        default=1000, ge=2, le=100_000,
+        description="Connections (and requests in progress) the web process serves at once; "
+                    "a request beyond it gets 503 at once rather than a slower answer for "
+                    "everyone. Slack redelivers events after a 503, not commands or clicks: "
+                    "size it for the busiest burst.")
+    web_header_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=300,
+        description="How long the web process waits for a request's headers, from the "
+                    "connection's start or the end of the previous answer; a connection "
+                    "that sends them slower (or nothing) is closed.")
+    web_body_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=300,
+        description="How long the web process waits for a request's whole body; a client "
+                    "slower than this gets 408 and its connection is closed. Slack sends "
+                    "its body at once and gives up on an answer after 3 s.")
     queue_name: str = Field(default="slack-events", min_length=1,
                             description="The BullMQ queue the jobs go to; Node BullMQ services "
                                         "sharing the queue use the same name. No `:`.")

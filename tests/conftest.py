@@ -11,8 +11,14 @@ import redis
 from harness.slack_standin import FakeSlack
 from slackq.embedded import RedisProcess
 from slackq.settings import Settings
+from tests.prerequisites import enforce
 from tests.slack_requests import BOT_TOKEN, SIGNING_SECRET
 from tests.webhook_client import module_redis, queue_redis, webhook_settings  # noqa: F401 - fixtures
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip, or under CI=true fail, a test whose prerequisite is missing (prerequisites.py)."""
+    enforce(item)
 
 
 @pytest.fixture

@@ -25,14 +25,14 @@ from harness.powerloss import PowerLossDisk, unavailable_reason
 from harness.servers import ContainerServer, docker_unavailable_reason
 from harness.traffic import TrafficConfig
 from slackq.embedded import PROJECT_ROOT
+from tests.prerequisites import requires
 
 pytestmark = pytest.mark.durability
 
 QUICK = TrafficConfig(jobs=2000, duration=8.0)
 SEED = 20261125
 POWERLOSS_UNAVAILABLE = unavailable_reason()
-needs_fuse = pytest.mark.skipif(POWERLOSS_UNAVAILABLE is not None,
-                                reason=f"powerloss: {POWERLOSS_UNAVAILABLE}")
+needs_fuse = requires("the power-loss layer (FUSE)", POWERLOSS_UNAVAILABLE)
 
 
 MEMORY = Path("/dev/shm")

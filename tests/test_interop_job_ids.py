@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from slackq.contract import InvalidJobId, job_options, validate_job_id
 from slackq.settings import Settings
 from tests.interop import node_config, node_script, node_skip_reason
+from tests.prerequisites import requires
 from tests.slack_requests import app_mention_envelope
 from tests.webhook_client import (
     block_actions_payload,
@@ -35,7 +36,7 @@ from tests.webhook_client import (
 )
 
 pytestmark = pytest.mark.interop
-needs_node = pytest.mark.skipif(node_skip_reason() is not None, reason=str(node_skip_reason()))
+needs_node = requires("Node BullMQ interop", node_skip_reason())
 
 PROBE_QUEUE = "id-probe"
 

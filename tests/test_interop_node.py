@@ -33,6 +33,7 @@ from tests.interop import (
     stored_job,
     until,
 )
+from tests.prerequisites import requires
 from tests.slack_requests import BOT_TOKEN, app_mention_envelope
 from tests.webhook_client import (
     block_actions_payload,
@@ -48,7 +49,7 @@ from worker.runner import WorkerOptions, run_worker
 
 pytestmark = [
     pytest.mark.interop,
-    pytest.mark.skipif(node_skip_reason() is not None, reason=str(node_skip_reason())),
+    requires("Node BullMQ interop", node_skip_reason()),
 ]
 
 DAY_SECONDS = 86_400
@@ -93,15 +94,21 @@ class SlackRequest:
         assert response.status_code == 200, response.text
 
 
+def without_token(payload: dict[str, Any]) -> dict[str, Any]:
+    """The job data slackq stores: Slack's legacy verification `token` is dropped."""
+    return {key: value for key, value in payload.items() if key != "token"}
+
+
 TRIGGER = "13345224609.738474920.8088930838d88f008e0"
 REQUEST_KINDS = {
     "event": SlackRequest("/slack/events", app_mention_envelope("Ev0INTEROP01"), "app_mention",
-                          "Ev0INTEROP01", app_mention_envelope("Ev0INTEROP01")),
+                          "Ev0INTEROP01", without_token(app_mention_envelope("Ev0INTEROP01"))),
     "command": SlackRequest("/slack/commands", command_form(TRIGGER), "command:/deploy",
-                            f"command-{TRIGGER}", command_form(TRIGGER)),
+                            f"command-{TRIGGER}", without_token(command_form(TRIGGER))),
     "interactive": SlackRequest(
         "/slack/interactivity", interactive_form(block_actions_payload(TRIGGER)),
-        "interactive:block_actions", f"interactive-{TRIGGER}", block_actions_payload(TRIGGER)),
+        "interactive:block_actions", f"interactive-{TRIGGER}",
+        without_token(block_actions_payload(TRIGGER))),
 }
 
 
@@ -340,10 +347,11 @@ async def test_redeliveries_are_deduplicated_across_implementations(
 
     assert [m["id"] for m in added] == ["Ev0DEDUP01", "Ev0DEDUP02"]
     assert sorted(await aredis.lrange(f"{base}:wait", 0, -1)) == ["Ev0DEDUP01", "Ev0DEDUP02"]
-    for envelope in (via_slackq, via_node):
+    # The first delivery's data is kept: slackq's without the legacy token, Node's as it added it.
+    for envelope, kept in ((via_slackq, without_token(via_slackq)), (via_node, via_node)):
         job = await stored_job(aredis, settings.queue_prefix, settings.queue_name,
                                envelope["event_id"])
-        assert job.data == envelope, "the first delivery's data must be kept"
+        assert job.data == kept, "the first delivery's data must be kept"
 
 
 async def test_node_and_slackq_workers_share_a_queue_each_job_processed_once(

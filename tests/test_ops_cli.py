@@ -180,16 +180,23 @@ async def test_status_failed_retry_clean(redis_server: RedisProcess, queue: Queu
 
     # No worker runs now: a retried job waits, visible in the counts.
     nothing = await asyncio.to_thread(slackq_json, redis_server.url, "retry", "--name", "other")
-    assert nothing == {"retried": []}
+    assert nothing == {"retried": [], "skipped": []}
     await asyncio.to_thread(slackq_json, redis_server.url, "retry", "--name", "boom")
     assert await queue.getJobCounts("failed", "wait") == {"failed": 0, "wait": 2}
 
-    cleaned = await asyncio.to_thread(
-        slackq_json, redis_server.url, "clean", "--state", "completed", "--age", "0")
-    assert sorted(cleaned["removed"]) == ["EvC", "EvD"]
+    removed: list[str] = []
+
+    async def cleaned() -> bool:  # --age is at least 1 s: the jobs completed just now
+        result = await asyncio.to_thread(
+            slackq_json, redis_server.url, "clean", "--state", "completed", "--age", "1")
+        removed.extend(result["removed"])
+        return len(removed) == 2
+
+    await wait_until(cleaned, within=10, what="clean removes the completed jobs")
+    assert sorted(removed) == ["EvC", "EvD"]
     assert await queue.getJobCounts("completed") == {"completed": 0}
     kept = await asyncio.to_thread(
-        slackq_json, redis_server.url, "clean", "--state", "wait", "--age", "3600")
+        slackq_json, redis_server.url, "clean", "--state", "wait", "--age", "3600", "--yes")
     assert kept == {"removed": []}
 
 
@@ -211,7 +218,7 @@ async def test_retry_all(redis_server: RedisProcess, queue: Queue) -> None:
         await worker.close()
         await asyncio.gather(running, return_exceptions=True)
     result = await asyncio.to_thread(slackq_json, redis_server.url, "retry", "--all")
-    assert result == {"retried": ["3 job(s)"]}
+    assert result == {"retried": ["3 job(s)"], "skipped": []}
     assert await queue.getJobCounts("failed", "wait") == {"failed": 0, "wait": 3}
 
 

@@ -15,7 +15,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from producers.health import redis_readiness
-from slackq.connection import bullmq_connection
+from slackq.connection import PROBE, bullmq_connection, redis_client
 from slackq.embedded import RedisProcess
 from slackq.metrics import QueueCountsCollector
 from tests.waiting import wait_until
@@ -23,12 +23,16 @@ from worker.metrics import attach_worker_listeners, slack_outcome
 
 
 async def test_readiness_is_503_when_redis_is_gone(redis_server: RedisProcess) -> None:
-    status, body = await redis_readiness(redis_server.url)
-    assert (status, body["healthy"]) == (200, True)
-    redis_server.kill()
-    status, body = await redis_readiness(redis_server.url)
-    assert (status, body["healthy"]) == (503, False)
-    assert body["error"] == "ConnectionError"
+    client = redis_client(redis_server.url, PROBE)
+    try:
+        status, body = await redis_readiness(client)
+        assert (status, body["healthy"]) == (200, True)
+        redis_server.kill()
+        status, body = await redis_readiness(client)
+        assert (status, body["healthy"]) == (503, False)
+        assert body["error"] == "ConnectionError"
+    finally:
+        await client.aclose()
 
 
 def counter(name: str, **labels: str) -> float:
@@ -103,6 +107,7 @@ async def test_queue_counts_match_bullmq(redis_server: RedisProcess, queue: Queu
     await queue.add("a", {}, {"jobId": "EvP1", "priority": 3})
     collector = QueueCountsCollector(redis_server.url, "bull", "slack-events")
     counts = await asyncio.to_thread(collector.counts)
+    collector.close()
     assert counts == await queue.getJobCounts(*counts)
     assert (counts["wait"], counts["delayed"], counts["prioritized"]) == (2, 1, 1)
 

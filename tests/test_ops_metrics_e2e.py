@@ -59,8 +59,10 @@ def test_web_and_worker_metrics_and_readiness(
             assert httpx.post(f"{base}/slack/events", content=body,
                               headers=signed_headers(body), timeout=5).status_code == 200
         worker_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        # Queue counts are cached for about a second: wait for them as well.
         worker = scrape_until(worker_url, lambda p: value(
-            p, "slackq_jobs_completed_total", job_name="app_mention") >= 2, within=30)
+            p, "slackq_jobs_completed_total", job_name="app_mention") >= 2 and value(
+            p, "slackq_queue_jobs", queue="slack-events", state="completed") >= 2, within=30)
         web = scrape_until(f"{base}/metrics", lambda p: value(
             p, "slackq_queue_jobs", queue="slack-events", state="completed") >= 2)
 

@@ -24,12 +24,17 @@ def events_url(redis_server: RedisProcess, fake_slack: FakeSlack, tmp_path: Path
         yield f"{base}/slack/events"
 
 
+SLACKQ = str(Path(sys.executable).parent / "slackq")
+
+
 def sample_event(
-    *args: str, secret: str | None = SIGNING_SECRET
+    *args: str, secret: str | None = SIGNING_SECRET, cli: bool = False,
 ) -> subprocess.CompletedProcess[str]:
+    """`python -m slackq.sample_event`, or with `cli` the console script's `slackq sample-event`.
+    """
     env = process_env(**({"SLACK_SIGNING_SECRET": secret} if secret is not None else {}))
-    return subprocess.run([sys.executable, "-m", "slackq.sample_event", *args], env=env,
-                          capture_output=True, text=True, timeout=30)
+    command = [SLACKQ, "sample-event"] if cli else [sys.executable, "-m", "slackq.sample_event"]
+    return subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=30)
 
 
 def test_a_sample_event_gets_one_threaded_reply(
@@ -78,3 +83,16 @@ def test_nothing_listening_is_exit_2_and_credentials_are_not_shown() -> None:
     assert result.returncode == 2
     assert f"no answer from http://127.0.0.1:{port}/slack/events:" in result.stderr
     assert "pa55word" not in result.stderr and "xoxb-in-query" not in result.stderr
+
+
+def test_the_slackq_command_posts_it_too(events_url: str, fake_slack: FakeSlack,
+                                         redis_client: redis.Redis) -> None:
+    result = sample_event("--url", events_url, "--channel", "C0CLI0001", cli=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    event_id = result.stdout.split("event_id=")[1].split()[0]
+    assert redis_client.exists(f"bull:slack-events:{event_id}") == 1
+    [call] = fake_slack.wait_for_calls("chat.postMessage", 1)
+    assert call.args["channel"] == "C0CLI0001"
+
+    assert sample_event(secret=None, cli=True).returncode == 2
+    assert "--url" in sample_event("--help", cli=True).stdout

@@ -111,7 +111,7 @@ def view_submission_payload(trigger_id: str = "13345224609.738474920.bbbb") -> d
     return {
         "type": "view_submission", "team": {"id": "T0TEAM001", "domain": "example"},
         "user": {"id": "U0USER001", "team_id": "T0TEAM001"}, "api_app_id": "A0APP001",
-        "trigger_id": trigger_id,
+        "token": "legacy-verification-token", "trigger_id": trigger_id,
         "view": {"id": "V0VIEW001", "type": "modal", "callback_id": "deploy_form",
                  "state": {"values": {"b1": {"env": {"type": "plain_text_input",
                                                      "value": "production"}}}},
