@@ -169,9 +169,10 @@ async def test_a_paced_recorded_call_costs_two_round_trips_per_job(
              for name, stats in (await aclient.info("commandstats")).items()}
     assert len(fake_slack.calls_to("chat.postMessage")) == jobs
     # One transaction per job, its completion, carrying the record and the lease's end (sent
-    # again by the first completions, which load BullMQ's script into the fresh Redis).
+    # again by the first completions, which load BullMQ's script into the fresh Redis: at most
+    # one per slot, as the slots' first completions race; 36 for 30 jobs seen under load).
     assert calls["multi"] == calls["exec"] == calls["eval"]
-    assert jobs <= calls["multi"] <= jobs + 5
+    assert jobs <= calls["multi"] <= jobs + settings.worker_concurrency
     # The claim (with the pacing check) and the completion's moveToFinished per job; besides
     # them a few fetches, lock renewals and stalled checks, but not a third script per job.
     assert 2 * jobs <= calls["evalsha"] <= 2 * jobs + 20
