@@ -37,6 +37,7 @@ from slackq.connection import PRODUCER, redis_client
 from slackq.contract import JobOptions
 from slackq.errors import RedisUnavailable
 from slackq.sentinel_pool import recheck_primary
+from slackq.job_index import JobIndex, retention_seconds
 from slackq.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -100,6 +101,9 @@ class Enqueuer:
         self._batcher = AddBatcher(self.queue)
         self._confirmer = confirmer_for(settings, self.policy.attempt_timeout)
         self.job_options = JobOptions.from_settings(settings)
+        self.index = JobIndex(self._client, settings.queue_prefix, settings.queue_name,
+                              retention_seconds(settings.job_keep_completed_seconds,
+                                                settings.job_keep_failed_seconds))
 
     async def add(self, job: SlackJob) -> str:
         """Store `job`; return the stored job's id. Raise RedisUnavailable if not stored in time.
@@ -126,6 +130,8 @@ class Enqueuer:
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"job {job.job_id} not stored: {type(exc).__name__}") from exc
         observe_enqueue(job.name, time.monotonic() - started)
+        # For the dashboard's search; never fails the request (the job is stored).
+        await self.index.record_quietly(stored_id, job.name, job.data, self.policy.attempt_timeout)
         return stored_id
 
     async def _confirm(self) -> None:

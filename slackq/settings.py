@@ -262,6 +262,17 @@ class Settings(BaseSettings):
         description="How long a Slack delivery's id is remembered, even after its job is gone, so "
                     "that a redelivery (Slack retries for ~6 minutes) adds nothing "
                     "(BullMQ `deduplication.ttl`).")
+    admin_user: str = Field(
+        default="admin", min_length=1,
+        description="The dashboard's login that may act (retry, remove, pause...).")
+    admin_password: SecretStr | None = Field(
+        default=None,
+        description="Turns the dashboard on at `/admin` in the web process, behind HTTP Basic "
+                    "auth as `ADMIN_USER`. Not set: `/admin` is not served at all (404).")
+    admin_readonly_password: SecretStr | None = Field(
+        default=None,
+        description="When set, user `readonly` with this password may look at the dashboard "
+                    "but not act.")
 
     @model_validator(mode="after")
     def _attempt_fits_budget(self) -> Settings:

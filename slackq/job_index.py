@@ -1,0 +1,243 @@
+"""A small search index over stored jobs, written by the web process at enqueue time.
+
+BullMQ cannot search jobs by what is in them. For each stored job the web process adds the job's
+id, scored by the enqueue time in ms, to one sorted set per *term* of the job:
+
+* `name:<job name>`, `team:<team id>`, `channel:<channel id>`, `user:<user id>`, `event:<event id>`
+* `word:<w>` for the first `MAX_WORDS` distinct words of the message text (lower-cased)
+
+Keys are `<prefix>:slackq:<queue>:index:<term>`. It also keeps the recently seen teams
+(`index:teams`) and each team's channels (`index:channels:<team>`), which the dashboard's teams
+page lists, and a per-minute count of stored jobs (`stats:stored:<hour>`, hash of minute -> n).
+
+Bounded and expiring with the jobs: every write drops the set's members older than the retention
+(the longest of `JOB_KEEP_COMPLETED_SECONDS` and `JOB_KEEP_FAILED_SECONDS`), keeps at most
+`MAX_PER_TERM` newest members, and sets the key's TTL to the retention, so a term nobody writes
+again disappears on its own. An id whose job is gone (removed by count) is skipped by readers.
+One Lua script writes everything: one round trip per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+log = structlog.get_logger(__name__)
+
+MAX_WORDS = 24
+MAX_TERM_CHARS = 64
+MAX_PER_TERM = 10_000
+MAX_TEAMS = 500
+MAX_CHANNELS_PER_TEAM = 200
+STATS_TTL_SECONDS = 8 * 86_400  # a week of per-minute history, and a day of slack
+FIELDS = ("name", "team", "channel", "user", "event")
+_WORD = re.compile(r"[^\W_]{2,32}")
+
+RECORD_LUA = """
+local now = tonumber(ARGV[2])
+local ttl_ms = tonumber(ARGV[3])
+local cap = tonumber(ARGV[4])
+local n_terms = tonumber(ARGV[5])
+for i = 1, n_terms do
+  local key = KEYS[i]
+  redis.call('ZADD', key, now, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - ttl_ms)
+  redis.call('ZREMRANGEBYRANK', key, 0, -cap - 1)
+  redis.call('PEXPIRE', key, ttl_ms)
+end
+local team = ARGV[6]
+if team ~= '' then
+  local teams, channels = KEYS[n_terms + 1], KEYS[n_terms + 2]
+  redis.call('ZADD', teams, now, team)
+  redis.call('ZREMRANGEBYRANK', teams, 0, -tonumber(ARGV[8]) - 1)
+  redis.call('PEXPIRE', teams, ttl_ms)
+  if ARGV[7] ~= '' then
+    redis.call('ZADD', channels, now, ARGV[7])
+    redis.call('ZREMRANGEBYRANK', channels, 0, -tonumber(ARGV[9]) - 1)
+    redis.call('PEXPIRE', channels, ttl_ms)
+  end
+end
+local stats = KEYS[#KEYS]
+redis.call('HINCRBY', stats, ARGV[10], 1)
+redis.call('EXPIRE', stats, tonumber(ARGV[11]))
+return n_terms
+"""
+
+
+def _clip(value: object) -> str:
+    return str(value)[:MAX_TERM_CHARS] if value not in (None, "") else ""
+
+
+def words(text: str, limit: int = MAX_WORDS) -> list[str]:
+    """The distinct lower-cased words of `text` (letters and digits, 2 to 32 long), in order."""
+    seen: dict[str, None] = {}
+    for match in _WORD.finditer(text.lower()):
+        seen.setdefault(match.group(), None)
+        if len(seen) >= limit:
+            break
+    return list(seen)
+
+
+@dataclass(frozen=True)
+class JobFields:
+    """What identifies a Slack job, wherever its kind keeps it (event, command, interactivity)."""
+
+    name: str
+    team: str
+    channel: str
+    user: str
+    event: str
+    text: str
+
+    @classmethod
+    def of(cls, name: str, data: Mapping[str, Any]) -> JobFields:
+        raw_event = data.get("event")
+        event: Mapping[str, Any] = raw_event if isinstance(raw_event, Mapping) else {}
+        team = data.get("team_id") or _nested(data, "team", "id")
+        channel = (event.get("channel") or data.get("channel_id")
+                   or _nested(data, "channel", "id") or _nested(data, "container", "channel_id"))
+        user = (event.get("user") or data.get("user_id") or _nested(data, "user", "id"))
+        text = event.get("text") or data.get("text") or ""
+        return cls(name=_clip(name), team=_clip(team), channel=_clip(channel), user=_clip(user),
+                   event=_clip(data.get("event_id")), text=str(text))
+
+    def terms(self) -> list[str]:
+        """The index terms of the job: its non-empty fields, then its words."""
+        fields = [f"{field}:{getattr(self, field)}" for field in FIELDS if getattr(self, field)]
+        return fields + [f"word:{word}" for word in words(self.text)]
+
+
+def _nested(data: Mapping[str, Any], outer: str, inner: str) -> Any:
+    value = data.get(outer)
+    return value.get(inner) if isinstance(value, Mapping) else None
+
+
+@dataclass(frozen=True)
+class Filters:
+    """A search: exact field values and words that must all be in the text (empty = any)."""
+
+    name: str = ""
+    team: str = ""
+    channel: str = ""
+    user: str = ""
+    event: str = ""
+    text: str = ""
+
+    def terms(self) -> list[str]:
+        fields = [f"{field}:{_clip(getattr(self, field).strip())}" for field in FIELDS
+                  if getattr(self, field).strip()]
+        return fields + [f"word:{word}" for word in words(self.text)]
+
+    def __bool__(self) -> bool:
+        return bool(self.terms())
+
+    def as_dict(self) -> dict[str, str]:
+        return {field: getattr(self, field) for field in (*FIELDS, "text")}
+
+
+class JobIndex:
+    """Writes and queries the index of one queue."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, queue: str,
+                 retention_seconds: int) -> None:
+        self.client = client
+        self.base = f"{prefix}:slackq:{queue}"
+        self.retention_ms = retention_seconds * 1000
+        self._record = client.register_script(RECORD_LUA)
+
+    def key(self, term: str) -> str:
+        return f"{self.base}:index:{term}"
+
+    @property
+    def teams_key(self) -> str:
+        return f"{self.base}:index:teams"
+
+    def channels_key(self, team: str) -> str:
+        return f"{self.base}:index:channels:{team}"
+
+    def stats_key(self, hour: int) -> str:
+        """The per-minute stored counts of the hour starting at `hour` (epoch seconds)."""
+        return f"{self.base}:stats:stored:{hour}"
+
+    async def record(self, job_id: str, name: str, data: Mapping[str, Any],
+                     now_ms: int | None = None) -> None:
+        """Index one stored job (one round trip)."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        fields = JobFields.of(name, data)
+        terms = fields.terms()
+        minute = now_ms // 60_000 * 60
+        keys = [self.key(term) for term in terms]
+        keys += [self.teams_key, self.channels_key(fields.team),
+                 self.stats_key(minute // 3600 * 3600)]
+        args: list[str | int] = [
+            job_id, now_ms, self.retention_ms, MAX_PER_TERM, len(terms), fields.team,
+            fields.channel, MAX_TEAMS, MAX_CHANNELS_PER_TEAM, minute, STATS_TTL_SECONDS]
+        await self._record(keys=keys, args=args)
+
+    async def record_quietly(self, job_id: str, name: str, data: Mapping[str, Any],
+                             budget_seconds: float) -> bool:
+        """`record`, for the webhook: the job is already stored, so a failure here only leaves
+        it out of the dashboard's search; it is logged, never raised. False if not indexed."""
+        try:
+            async with asyncio.timeout(budget_seconds):
+                await self.record(job_id, name, data)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("job_not_indexed", job_id=job_id, error=type(exc).__name__)
+            return False
+        return True
+
+    async def search(self, filters: Filters, limit: int = 500) -> list[str]:
+        """Ids of indexed jobs matching every term of `filters`, newest first, at most `limit`.
+
+        Plain ZREVRANGEs intersected here rather than ZINTER: the commands stay within the
+        least-privilege ACL of docs/security.md, and each set holds at most `MAX_PER_TERM`.
+        """
+        keys = [self.key(term) for term in filters.terms()]
+        if not keys:
+            return []
+        if len(keys) == 1:
+            return _strings(await self.client.zrevrange(keys[0], 0, limit - 1))
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zrevrange(key, 0, -1)
+            ranges: list[list[str]] = await pipe.execute()
+        others = [set(members) for members in ranges[1:]]
+        found = [job_id for job_id in ranges[0] if all(job_id in other for other in others)]
+        return found[:limit]
+
+    async def recent_teams(self, limit: int = 50) -> list[str]:
+        return _strings(await self.client.zrevrange(self.teams_key, 0, limit - 1))
+
+    async def recent_channels(self, team: str, limit: int = 50) -> list[str]:
+        return _strings(await self.client.zrevrange(self.channels_key(team), 0, limit - 1))
+
+    async def stored_per_minute(self, since_ms: int, until_ms: int) -> dict[int, int]:
+        """Stored-job counts keyed by minute start (epoch seconds) in [since, until)."""
+        hours = range(since_ms // 3_600_000 * 3600, until_ms // 1000 + 1, 3600)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for hour in hours:
+                pipe.hgetall(self.stats_key(hour))
+            replies: Iterable[dict[str, str]] = await pipe.execute()
+        counts: dict[int, int] = {}
+        for reply in replies:
+            for minute, count in reply.items():
+                if since_ms // 1000 <= int(minute) < until_ms // 1000:
+                    counts[int(minute)] = int(count)
+        return counts
+
+
+def _strings(members: Iterable[Any]) -> list[str]:
+    return [member.decode() if isinstance(member, bytes) else str(member) for member in members]
+
+
+def retention_seconds(keep_completed_seconds: int, keep_failed_seconds: int) -> int:
+    """How long index entries live: as long as the longest-kept job."""
+    return max(keep_completed_seconds, keep_failed_seconds)

@@ -1,0 +1,100 @@
+"""The job index written at enqueue time (slackq/job_index.py), on a real redis-server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from producers.enqueue import EnqueuePolicy
+from slackq.embedded import RedisProcess
+from slackq.job_index import MAX_WORDS, Filters, JobFields, JobIndex, words
+from slackq.settings import Settings
+from tests.slack_requests import app_mention_envelope
+from tests.webhook_client import post_event, post_form, webhook
+
+
+@pytest.fixture
+async def index(redis_server: RedisProcess) -> AsyncIterator[JobIndex]:
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield JobIndex(client, "bull", "slack-events", retention_seconds=60)
+    await client.aclose()
+
+
+def test_fields_of_each_kind() -> None:
+    event = JobFields.of("app_mention", app_mention_envelope("Ev1", channel="C9", text="Hi there"))
+    assert (event.team, event.channel, event.user, event.event) == ("T0TEAM001", "C9",
+                                                                   "U0USER001", "Ev1")
+    command = JobFields.of("command:/deploy", {"team_id": "T2", "channel_id": "C2",
+                                                "user_id": "U2", "text": "prod now"})
+    assert (command.team, command.channel, command.user, command.text) == ("T2", "C2", "U2",
+                                                                           "prod now")
+    action = JobFields.of("interactive:block_actions", {"team": {"id": "T3"}, "user": {"id": "U3"},
+                                                        "channel": {"id": "C3"}})
+    assert (action.team, action.channel, action.user) == ("T3", "C3", "U3")
+    assert JobFields.of("x", {"team_id": "T" * 500}).team == "T" * 64  # bounded
+
+
+def test_words_are_bounded_distinct_and_lower_cased() -> None:
+    assert words("Deploy DEPLOY <img src=x onerror=alert(1)> to prod") == [
+        "deploy", "img", "src", "onerror", "alert", "to", "prod"]
+    assert len(words(" ".join(f"w{i}" for i in range(100)))) == MAX_WORDS
+
+
+async def test_search_by_fields_and_words(index: JobIndex) -> None:
+    await index.record("Ev1", "app_mention", app_mention_envelope("Ev1", channel="C1",
+                                                                  text="deploy the API"), 1000)
+    await index.record("Ev2", "app_mention", app_mention_envelope("Ev2", channel="C2",
+                                                                  text="deploy the web"), 2000)
+    assert await index.search(Filters(text="deploy")) == ["Ev2", "Ev1"]  # newest first
+    assert await index.search(Filters(text="Deploy api")) == ["Ev1"]
+    assert await index.search(Filters(channel="C2", text="deploy")) == ["Ev2"]
+    assert await index.search(Filters(channel="C2", text="api")) == []
+    assert await index.search(Filters(event="Ev1")) == ["Ev1"]
+    assert await index.search(Filters(name="app_mention", team="T0TEAM001")) == ["Ev2", "Ev1"]
+    assert await index.search(Filters()) == []
+    assert await index.recent_teams() == ["T0TEAM001"]
+    assert await index.recent_channels("T0TEAM001") == ["C2", "C1"]
+
+
+async def test_entries_expire_with_the_retention(index: JobIndex) -> None:
+    await index.record("old", "app_mention", app_mention_envelope("old", text="hello"), 1_000)
+    later = 1_000 + index.retention_ms + 1
+    await index.record("new", "app_mention", app_mention_envelope("new", text="hello"), later)
+    assert await index.search(Filters(text="hello")) == ["new"]  # the old one was trimmed
+    ttl = await index.client.pttl(index.key("word:hello"))
+    assert 0 < ttl <= index.retention_ms
+
+
+async def test_stored_counts_per_minute(index: JobIndex) -> None:
+    minute = 1_700_000_040_000  # a minute boundary, in ms
+    for offset in (0, 5_000, 61_000):
+        await index.record(f"Ev{offset}", "app_mention", app_mention_envelope(), minute + offset)
+    counts = await index.stored_per_minute(minute - 3_600_000, minute + 3_600_000)
+    assert counts == {minute // 1000: 2, minute // 1000 + 60: 1}
+    assert 0 < await index.client.ttl(index.stats_key(minute // 1000 // 3600 * 3600))
+
+
+async def test_the_webhook_indexes_what_it_stores(webhook_settings: Settings) -> None:
+    async with webhook(webhook_settings) as client:
+        envelope = app_mention_envelope("EvIDX1", channel="CIDX", text="please restart billing")
+        assert (await post_event(client, envelope)).status_code == 200
+        form = {"command": "/deploy", "text": "billing to prod", "team_id": "T0TEAM001",
+                "channel_id": "CCMD", "user_id": "U0USER001", "trigger_id": "1.2.abc"}
+        assert (await post_form(client, "/slack/commands", form)).status_code == 200
+        index: JobIndex = client.app.state.enqueuer.index  # type: ignore[attr-defined]
+        assert await index.search(Filters(channel="CIDX", text="billing")) == ["EvIDX1"]
+        found = await index.search(Filters(text="billing"))
+        assert len(found) == 2 and found[1] == "EvIDX1"
+
+
+async def test_an_index_failure_never_fails_the_webhook(webhook_settings: Settings,
+                                                        queue_redis: object) -> None:
+    # The index script is refused (its keys' type is wrong), the job is still stored and acked.
+    async with webhook(webhook_settings, EnqueuePolicy()) as client:
+        index: JobIndex = client.app.state.enqueuer.index  # type: ignore[attr-defined]
+        await index.client.set(index.key("channel:CBAD"), "not a sorted set")
+        envelope = app_mention_envelope("EvBAD1", channel="CBAD")
+        assert (await post_event(client, envelope)).status_code == 200
+        assert await client.app.state.enqueuer.queue.getJobState("EvBAD1") != "unknown"  # type: ignore[attr-defined]
