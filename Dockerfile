@@ -19,6 +19,7 @@ COPY pyproject.toml README.md Procfile redis.conf ./
 COPY slackq ./slackq
 COPY producers ./producers
 COPY worker ./worker
+COPY dashboard ./dashboard
 RUN pip install --no-deps . \
     && useradd --system --uid 10001 --home-dir /app slackq
 

@@ -82,9 +82,9 @@ class BasicAuth:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        login = self.check(Headers(scope=scope).get("authorization", ""))
-        client = scope.get("client")
-        if login is None and self.trust_loopback and client and client[0] in LOOPBACK:
+        headers = Headers(scope=scope)
+        login = self.check(headers.get("authorization", ""))
+        if login is None and self.trust_loopback and _loopback(scope, headers):
             login = Login("local", "admin")
         if login is None:
             response = PlainTextResponse("authentication required", 401, headers={
@@ -93,6 +93,15 @@ class BasicAuth:
             return
         scope.setdefault("state", {})["login"] = login
         await self.app(scope, receive, send)
+
+
+def _loopback(scope: Scope, headers: Headers) -> bool:
+    """A request from this machine that names this machine: the Host check stops a web page
+    whose domain was rebound to 127.0.0.1 from reading the pages."""
+    client: tuple[str, int] | None = scope.get("client")
+    host = headers.get("host", "").rsplit(":", 1)[0].strip("[]")
+    return client is not None and client[0] in LOOPBACK and host in {"127.0.0.1", "localhost",
+                                                                      "::1"}
 
 
 class SecurityHeaders:

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dashboard.app import Dashboard
 from producers.body import FORM, JSON, media_type, parse_form, parse_json_object, read_body
 from producers.commands import command_job
 from producers.enqueue import EnqueuePolicy, Enqueuer
@@ -180,6 +181,7 @@ def create_app(settings: Settings, policy: EnqueuePolicy | None = None) -> Starl
     multi = settings.workspace_mode() == "multi"
     metrics = ProducerMetrics()
     ops = OpsEndpoints(settings, metrics.registry)  # /health/redis, /metrics
+    admin = Dashboard.for_settings(settings)  # None (and /admin a 404) without ADMIN_PASSWORD
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -194,6 +196,8 @@ def create_app(settings: Settings, policy: EnqueuePolicy | None = None) -> Starl
             if multi:
                 await app.state.oauth.close()
             await ops.close()
+            if admin is not None:  # a mounted app's own lifespan never runs
+                await admin.close()
 
     app = Starlette(
         routes=[
@@ -203,6 +207,7 @@ def create_app(settings: Settings, policy: EnqueuePolicy | None = None) -> Starl
             Route("/health", health, methods=["GET"]),
             *ops.routes,
             *(oauth_routes() if multi else []),
+            *([admin.mount()] if admin is not None else []),
         ],
         exception_handlers={RequestRejected: _rejected,
                             HTTPException: _http_error},

@@ -1,0 +1,104 @@
+"""Throughput over the last hour, day and week, and the Redis health panel.
+
+Per-minute history lives in Redis, so it survives restarts of every process, and is bounded:
+
+* stored jobs: the job index's `stats:stored:<hour>` hashes, written by the web process at enqueue
+  time (slackq/job_index.py), expiring after 8 days;
+* completed and failed jobs: BullMQ's own metrics lists (`<prefix>:<queue>:metrics:<kind>:data`,
+  newest closed minute first, one entry a minute, trimmed to the worker's `maxDataPoints`),
+  present only when the workers run with BullMQ's `metrics` option.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from slackq.doctor import gather_facts
+from slackq.job_index import JobIndex
+
+# (label, minutes covered, minutes per bar): at most 168 bars a chart.
+PERIODS = (("hour", 60, 1), ("day", 1440, 15), ("week", 10080, 60))
+WEEK_MINUTES = 10080
+
+
+@dataclass(frozen=True)
+class Series:
+    label: str
+    bars: list[int]
+    minutes_per_bar: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.bars)
+
+
+def bucket(per_minute: dict[int, int], now_minute: int, minutes: int, step: int) -> list[int]:
+    """Sum `per_minute` (minute start in epoch seconds -> n) into bars of `step` minutes,
+    oldest first, the last bar ending with the current minute."""
+    bars = [0] * (minutes // step)
+    first = now_minute - (minutes - 1) * 60
+    for minute, count in per_minute.items():
+        if first <= minute <= now_minute:
+            bars[(minute - first) // 60 // step] += count
+    return bars
+
+
+async def bullmq_metrics(client: aioredis.Redis, base: str, kind: str) -> dict[int, int]:
+    """BullMQ's per-minute `kind` ("completed" or "failed") counts: minute start -> n."""
+    key = f"{base}:metrics:{kind}"
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.hmget(key, "count", "prevTS", "prevCount")
+        pipe.lrange(f"{key}:data", 0, WEEK_MINUTES - 1)
+        (count, prev_ts, prev_count), data = await pipe.execute()
+    if prev_ts is None:
+        return {}
+    last_closed = int(prev_ts) // 60_000 * 60 - 60
+    counts = {last_closed - 60 * n: int(value) for n, value in enumerate(data) if int(value)}
+    current = int(count or 0) - int(prev_count or 0)
+    if current:
+        counts[last_closed + 60] = current
+    return counts
+
+
+async def throughput(client: aioredis.Redis, index: JobIndex, base: str,
+                     now: float | None = None) -> dict[str, list[Series]]:
+    """Stored, completed and failed jobs per period: {"hour": [stored, completed, failed], ...}."""
+    now_ms = int((time.time() if now is None else now) * 1000)
+    now_minute = now_ms // 60_000 * 60
+    sources = {
+        "stored": await index.stored_per_minute(now_ms - WEEK_MINUTES * 60_000, now_ms + 1),
+        "completed": await bullmq_metrics(client, base, "completed"),
+        "failed": await bullmq_metrics(client, base, "failed"),
+    }
+    return {period: [Series(label, bucket(counts, now_minute, minutes, step), step)
+                     for label, counts in sources.items()]
+            for period, minutes, step in PERIODS}
+
+
+async def health(client: aioredis.Redis, url: str) -> dict[str, Any]:
+    """Durability and memory facts, and replication when there is any."""
+    facts = await gather_facts(client, url)
+    replication = await client.info("replication")
+    return {
+        **facts.as_dict(),
+        "memory_ratio": facts.used_memory / facts.maxmemory if facts.maxmemory else None,
+        "role": str(replication.get("role", "unknown")),
+        "replicas": int(replication.get("connected_slaves", 0)),
+        "master_link_status": replication.get("master_link_status"),
+    }
+
+
+def sparkline(values: list[int], width: int = 336, height: int = 40) -> dict[str, Any]:
+    """Bars of an inline SVG chart: numbers only, so nothing from a job reaches the markup."""
+    top = max(values, default=0) or 1
+    slot = width / max(len(values), 1)
+    bars = [{"x": round(n * slot, 2), "w": round(max(slot * 0.8, 0.5), 2),
+             "h": round(value / top * (height - 2), 2), "y": round(height - value / top
+                                                                   * (height - 2), 2),
+             "v": value}
+            for n, value in enumerate(values)]
+    return {"w": width, "h": height, "bars": bars, "max": max(values, default=0)}

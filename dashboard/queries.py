@@ -1,0 +1,214 @@
+"""What the pages show, read from Redis: the port's public getters plus documented key layouts.
+
+Every query is bounded (a page is at most `MAX_PAGE` jobs; a search looks at the newest
+`MAX_CANDIDATES` matches of the index) so that no page can hold the web process's event loop for
+long. Key layouts read directly, each documented where it is written:
+
+* BullMQ's own: `<prefix>:<queue>:<state>` (sorted sets for completed, failed, delayed and
+  prioritized; a list for active), `<prefix>:<queue>:<job id>` (the job hash);
+* `<prefix>:slackq:<queue>:effects:<job id>` (worker/effects.py);
+* `<prefix>:slackq:<queue>:rate:hold:<team>:<channel>` (worker/limiter.py: Redis-time ms until
+  which Slack's 429 holds the channel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from bullmq import Job, Queue
+
+from slackq.job_index import Filters, JobFields, JobIndex
+from slackq.logging import redact, redact_data
+
+STATES = ("wait", "active", "delayed", "prioritized", "paused", "completed", "failed")
+SORTED_STATES = ("failed", "completed", "delayed", "prioritized")
+QUEUED_STATES = frozenset({"wait", "delayed", "prioritized", "paused"})
+MAX_PAGE = 100
+MAX_CANDIDATES = 500
+MAX_ACTIVE_SCAN = 10_000
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One line of a job list."""
+
+    id: str
+    name: str
+    state: str
+    timestamp: int
+    attempts: int
+    fields: JobFields
+    failed_reason: str
+
+    @classmethod
+    def of(cls, job: Job, state: str) -> JobRow:
+        data = job.data if isinstance(job.data, dict) else {}
+        return cls(id=str(job.id), name=str(job.name), state=state,
+                   timestamp=int(job.timestamp or 0), attempts=int(job.attemptsMade or 0),
+                   fields=JobFields.of(str(job.name), redact_data(data)),
+                   failed_reason=redact(str(job.failedReason or "")))
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[JobRow]
+    total: int
+    page: int
+    per_page: int
+    capped: bool = False  # the search looked at MAX_CANDIDATES matches only
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+
+@dataclass
+class Reader:
+    """The dashboard's view of one queue."""
+
+    client: aioredis.Redis
+    queue: Queue
+    index: JobIndex
+    prefix: str
+    name: str
+    key_base: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key_base = f"{self.prefix}:{self.name}"
+
+    async def counts(self) -> dict[str, int]:
+        counts = await self.queue.getJobCounts(*STATES)
+        return {state: int(counts.get(state, 0)) for state in STATES}
+
+    async def list_jobs(self, state: str, page: int, per_page: int) -> Page:
+        """One page of a state, newest first, through the port's getters."""
+        total = (await self.counts())[state]
+        start = (page - 1) * per_page
+        jobs = await self.queue.getJobs([state], start, start + per_page - 1, False)
+        return Page([JobRow.of(job, state) for job in jobs if job], total, page, per_page)
+
+    async def search_jobs(self, state: str, filters: Filters, page: int, per_page: int) -> Page:
+        """The jobs in `state` ("all": any) matching `filters` through the index."""
+        ids = await self.matching(state, filters)
+        start = (page - 1) * per_page
+        rows = await self.rows([(job_id, st) for job_id, st in ids[start:start + per_page]])
+        return Page(rows, len(ids), page, per_page, capped=len(ids) >= MAX_CANDIDATES)
+
+    async def matching(self, state: str, filters: Filters) -> list[tuple[str, str]]:
+        """(id, state) of the newest indexed jobs matching `filters` in `state` ("all": any)."""
+        ids = await self.index.search(filters, MAX_CANDIDATES)
+        states = await self.classify(ids)
+        return [(job_id, states[job_id]) for job_id in ids
+                if states[job_id] != "missing" and state in ("all", states[job_id])]
+
+    async def rows(self, ids: Sequence[tuple[str, str]]) -> list[JobRow]:
+        jobs = await asyncio.gather(*(self.queue.getJob(job_id) for job_id, _ in ids))
+        return [JobRow.of(job, st) for job, (_, st) in zip(jobs, ids, strict=True) if job]
+
+    async def classify(self, ids: Sequence[str]) -> dict[str, str]:
+        """Each job's state from one pipeline of ZSCOREs (no per-job script calls).
+
+        A job in none of the sorted states and not active is waiting (or paused while the queue
+        is); one whose hash is gone is "missing".
+        """
+        if not ids:
+            return {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.lrange(f"{self.key_base}:active", 0, MAX_ACTIVE_SCAN - 1)
+            pipe.hexists(f"{self.key_base}:meta", "paused")
+            for job_id in ids:
+                for state in SORTED_STATES:
+                    pipe.zscore(f"{self.key_base}:{state}", job_id)
+                pipe.exists(f"{self.key_base}:{job_id}")
+            replies = await pipe.execute()
+        active, paused = set(replies[0]), bool(replies[1])
+        per_job = len(SORTED_STATES) + 1
+        result = {}
+        for n, job_id in enumerate(ids):
+            scores = replies[2 + n * per_job: 2 + (n + 1) * per_job]
+            result[job_id] = _state_of(job_id, scores, active, paused)
+        return result
+
+    async def job(self, job_id: str) -> tuple[Job | None, str]:
+        job = await self.queue.getJob(job_id)
+        if job is None:
+            return None, "unknown"
+        return job, str(await self.queue.getJobState(job_id))
+
+    async def effects(self, job_id: str) -> list[dict[str, Any]]:
+        """The worker's effect records of a job: one entry per effect name."""
+        reply = await self.client.hgetall(f"{self.prefix}:slackq:{self.name}:effects:{job_id}")
+        raw: dict[str, str] = {str(key): str(value) for key, value in reply.items()}
+        names = sorted({key.split(":", 1)[1] for key in raw if ":" in key})
+        return [{"name": name, "started": int(raw.get(f"started:{name}", 0)),
+                 "done": _json_or_none(raw.get(f"done:{name}"))} for name in names]
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Connections of Python and Node workers on this queue, from CLIENT LIST."""
+        clients = await self.client.client_list()
+        return worker_connections(clients, self.prefix, self.name)
+
+    async def holds(self, pairs: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Channels Slack's 429 still holds, with the seconds left (Redis time)."""
+        pairs = list(pairs)
+        if not pairs:
+            return []
+        base = f"{self.prefix}:slackq:{self.name}:rate:hold"
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.time()
+            for team, channel in pairs:
+                pipe.get(f"{base}:{team}:{channel}")
+            (seconds, micros), *values = await pipe.execute()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        return [{"team": team, "channel": channel, "seconds_left": (int(v) - now_ms) / 1000}
+                for (team, channel), v in zip(pairs, values, strict=True)
+                if v is not None and int(v) > now_ms]
+
+
+def _state_of(job_id: str, scores: list[Any], active: set[str], paused: bool) -> str:
+    if not scores[-1]:
+        return "missing"
+    for state, score in zip(SORTED_STATES, scores, strict=False):
+        if score is not None:
+            return state
+    if job_id in active:
+        return "active"
+    return "paused" if paused else "wait"
+
+
+def _json_or_none(raw: str | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def worker_connections(clients: Iterable[dict[str, Any]], prefix: str,
+                       queue: str) -> list[dict[str, Any]]:
+    """Group CLIENT LIST entries of workers on `queue` by client name.
+
+    The Python port names connections `<prefix>:<queue>` (plus `:w:<name>` when the worker has
+    one); Node BullMQ writes the queue name in base64: `<prefix>:<base64(queue)>`.
+    """
+    names = {f"{prefix}:{queue}": "python",
+             f"{prefix}:{base64.b64encode(queue.encode()).decode()}": "node"}
+    groups: dict[str, dict[str, Any]] = {}
+    for client in clients:
+        name = str(client.get("name", ""))
+        base, _, worker = name.partition(":w:")
+        if base not in names:
+            continue
+        group = groups.setdefault(name, {"name": name, "worker": worker, "runtime": names[base],
+                                         "connections": 0, "hosts": set(), "age": 0})
+        group["connections"] += 1
+        group["hosts"].add(str(client.get("addr", "")).rpartition(":")[0])
+        group["age"] = max(group["age"], int(client.get("age", 0)))
+    return [{**group, "hosts": sorted(group["hosts"])} for group in groups.values()]
