@@ -86,6 +86,26 @@ def ensure_fuse3() -> None:
         subprocess.run(command, check=False, env=env, stdout=subprocess.DEVNULL)
 
 
+def ensure_chromium() -> None:
+    """Install Debian's Chromium for the dashboard's browser tests, when we may and must.
+
+    Only as root on a Debian-like machine (CI here); elsewhere those tests skip with the reason
+    (under CI=true they fail instead). fonts-liberation is only a Recommends of chromium: without
+    it the screenshots show boxes instead of text.
+    """
+    if shutil.which("chromium") is not None:
+        return
+    if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print("dev.py: chromium missing; dashboard browser tests will be skipped", flush=True)
+        return
+    print("dev.py: apt-get install chromium (dashboard browser tests)", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"],
+                    ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium",
+                     "fonts-liberation"]):
+        subprocess.run(command, check=False, env=env, stdout=subprocess.DEVNULL)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"run", "test"}:
         print(__doc__, file=sys.stderr)
@@ -97,6 +117,7 @@ def main(argv: list[str]) -> int:
     ensure_venv(ROOT / "requirements-test.lock")
     ensure_node_modules()
     ensure_fuse3()
+    ensure_chromium()
     return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT)
 
 
