@@ -12,6 +12,7 @@
     slackq installations reencrypt
                                 re-encrypt the stored tokens with SLACKQ_TOKEN_KEY's first key
     slackq sample-event [--url URL]          post one signed sample event to a webhook
+    slackq dashboard [--port 8025]   the dashboard on 127.0.0.1 (`python -m dashboard`)
 
 Every command takes `--json` for scripts. Exit codes: 0 fine, 1 doctor found problems (or the
 operator declined a clean), 2 configuration or connection problem, or a clean of unprocessed
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -280,7 +282,15 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         await ops.close()
 
 
+def run_dashboard(argv: Sequence[str]) -> int:
+    """`slackq dashboard`: becomes `python -m dashboard` (slackq imports no app package)."""
+    os.execv(sys.executable, [sys.executable, "-m", "dashboard", *argv])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["dashboard"]:
+        return run_dashboard(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "sample-event":
         return sample_event.run(args)

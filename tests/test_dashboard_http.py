@@ -6,7 +6,9 @@ The same behaviours in a real browser: tests/test_dashboard_browser.py.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +18,7 @@ from dashboard.actions import describe
 from dashboard.history import bucket
 from dashboard.queries import worker_connections
 from dashboard.security import Csrf
-from slackq.embedded import RedisProcess
+from slackq.embedded import RedisProcess, free_port
 from slackq.job_index import Filters
 from slackq.settings import Settings
 from tests.dashboard_support import (
@@ -29,7 +31,10 @@ from tests.dashboard_support import (
     post_mentions,
     settle_with_failures,
 )
+from tests.processes import Proc, process_env, wait_http_ok
 from tests.webhook_client import webhook
+
+SLACKQ = str(Path(sys.executable).parent / "slackq")
 
 
 @pytest.fixture
@@ -182,3 +187,26 @@ def test_bucket_sums_minutes_into_bars() -> None:
 def test_describe_bulk_target() -> None:
     assert describe("failed", Filters()) == "failed jobs"
     assert describe("failed", Filters(channel="C1")).startswith("failed jobs with channel=C1")
+
+
+def test_slackq_dashboard_serves_loopback_without_login(module_redis: RedisProcess,
+                                                         tmp_path: Path) -> None:
+    port = free_port()
+    proc = Proc("dashboard", process_env(REDIS_URL=module_redis.url), tmp_path,
+                command=[SLACKQ, "dashboard", "--port", str(port)])
+    try:
+        proc.wait_for_output("no login asked")
+        url = f"http://127.0.0.1:{port}/admin/"
+        wait_http_ok(url, proc=proc)
+        page = httpx.get(url, timeout=10)
+        assert "no login on loopback" in page.text and "Pause" in page.text
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 307
+        # A page whose domain was rebound to 127.0.0.1 names another host: it must log in.
+        rebound = httpx.get(url, headers={"Host": f"evil.example:{port}"}, timeout=10)
+        assert rebound.status_code == 401
+        token = _csrf(page.text)
+        cross = httpx.post(f"{url}queue/pause", data={"csrf": token}, timeout=10,
+                           headers={"Origin": "https://evil.example"})
+        assert cross.status_code == 403
+    finally:
+        proc.stop()
