@@ -26,7 +26,6 @@ from dashboard import views
 from dashboard.actions import Actions
 from dashboard.queries import Reader
 from dashboard.security import READONLY_USER, BasicAuth, Csrf, Role, SecurityHeaders
-from slackq.connection import redis_kwargs
 from slackq.job_index import JobIndex, retention_seconds
 from slackq.settings import Settings
 
@@ -36,11 +35,16 @@ COMMAND_TIMEOUT_SECONDS = 5.0
 
 
 def dashboard_client(url: str) -> aioredis.Redis:
-    """The dashboard's Redis client (to move to slackq.connection's factory once it has one)."""
-    return aioredis.Redis(**redis_kwargs(url), decode_responses=True,
-                          max_connections=MAX_CONNECTIONS,
-                          socket_timeout=COMMAND_TIMEOUT_SECONDS, socket_connect_timeout=2,
-                          retry=Retry(NoBackoff(), retries=0))
+    """The dashboard's Redis client (to move to slackq.connection's factory once it has one).
+
+    At most `MAX_CONNECTIONS`; a request that finds them busy waits for one (several open tabs
+    queue up instead of failing).
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=MAX_CONNECTIONS, timeout=COMMAND_TIMEOUT_SECONDS,
+        decode_responses=True, socket_timeout=COMMAND_TIMEOUT_SECONDS, socket_connect_timeout=2,
+        retry=Retry(NoBackoff(), retries=0))
+    return aioredis.Redis(connection_pool=pool)
 
 
 def templates() -> Jinja2Templates:
@@ -104,3 +108,4 @@ class Dashboard:
     async def close(self) -> None:
         await self.reader.queue.close()
         await self.client.aclose()
+        await self.client.connection_pool.disconnect()

@@ -5,7 +5,8 @@ Every query is bounded (a page is at most `MAX_PAGE` jobs; a search looks at the
 long. Key layouts read directly, each documented where it is written:
 
 * BullMQ's own: `<prefix>:<queue>:<state>` (sorted sets for completed, failed, delayed and
-  prioritized; a list for active), `<prefix>:<queue>:<job id>` (the job hash);
+  prioritized; a list for active), `<prefix>:<queue>:<job id>` (the job hash, read as
+  `Queue.getJob` reads it, then `Job.fromJSON`);
 * `<prefix>:slackq:<queue>:effects:<job id>` (worker/effects.py);
 * `<prefix>:slackq:<queue>:rate:hold:<team>:<channel>` (worker/limiter.py: Redis-time ms until
   which Slack's 429 holds the channel).
@@ -13,7 +14,6 @@ long. Key layouts read directly, each documented where it is written:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import Iterable, Sequence
@@ -27,11 +27,35 @@ from slackq.job_index import Filters, JobFields, JobIndex
 from slackq.logging import redact, redact_data
 
 STATES = ("wait", "active", "delayed", "prioritized", "paused", "completed", "failed")
-SORTED_STATES = ("failed", "completed", "delayed", "prioritized")
 QUEUED_STATES = frozenset({"wait", "delayed", "prioritized", "paused"})
 MAX_PAGE = 100
 MAX_CANDIDATES = 500
-MAX_ACTIVE_SCAN = 10_000
+
+# A job's state from BullMQ's structures, in Redis: in one of the sorted sets, else in the active
+# list, else waiting (paused while the queue is); "missing" when its hash is gone. Job keys are
+# built in the script, as BullMQ's own scripts do; every command is in docs/security.md's ACL.
+CLASSIFY_LUA = """
+local base = ARGV[1]
+local paused = redis.call('HEXISTS', base .. ':meta', 'paused') == 1
+local sorted = {'failed', 'completed', 'delayed', 'prioritized'}
+local out = {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local state = 'missing'
+  if redis.call('EXISTS', base .. ':' .. id) == 1 then
+    state = false
+    for _, name in ipairs(sorted) do
+      if redis.call('ZSCORE', base .. ':' .. name, id) then state = name break end
+    end
+    if not state then
+      if redis.call('LPOS', base .. ':active', id) then state = 'active'
+      elseif paused then state = 'paused' else state = 'wait' end
+    end
+  end
+  out[#out + 1] = state
+end
+return out
+"""
 
 
 @dataclass(frozen=True)
@@ -81,6 +105,7 @@ class Reader:
 
     def __post_init__(self) -> None:
         self.key_base = f"{self.prefix}:{self.name}"
+        self._classify = self.client.register_script(CLASSIFY_LUA)
 
     async def counts(self) -> dict[str, int]:
         counts = await self.queue.getJobCounts(*STATES)
@@ -108,32 +133,20 @@ class Reader:
                 if states[job_id] != "missing" and state in ("all", states[job_id])]
 
     async def rows(self, ids: Sequence[tuple[str, str]]) -> list[JobRow]:
-        jobs = await asyncio.gather(*(self.queue.getJob(job_id) for job_id, _ in ids))
-        return [JobRow.of(job, st) for job, (_, st) in zip(jobs, ids, strict=True) if job]
+        """The jobs of `ids` from one pipeline of HGETALLs (what `Queue.getJob` reads)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id, _ in ids:
+                pipe.hgetall(f"{self.key_base}:{job_id}")
+            hashes = await pipe.execute()
+        return [JobRow.of(Job.fromJSON(self.queue, raw, job_id), st)
+                for raw, (job_id, st) in zip(hashes, ids, strict=True) if raw]
 
     async def classify(self, ids: Sequence[str]) -> dict[str, str]:
-        """Each job's state from one pipeline of ZSCOREs (no per-job script calls).
-
-        A job in none of the sorted states and not active is waiting (or paused while the queue
-        is); one whose hash is gone is "missing".
-        """
+        """Each job's state, decided in Redis by one script call (`CLASSIFY_LUA`)."""
         if not ids:
             return {}
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.lrange(f"{self.key_base}:active", 0, MAX_ACTIVE_SCAN - 1)
-            pipe.hexists(f"{self.key_base}:meta", "paused")
-            for job_id in ids:
-                for state in SORTED_STATES:
-                    pipe.zscore(f"{self.key_base}:{state}", job_id)
-                pipe.exists(f"{self.key_base}:{job_id}")
-            replies = await pipe.execute()
-        active, paused = set(replies[0]), bool(replies[1])
-        per_job = len(SORTED_STATES) + 1
-        result = {}
-        for n, job_id in enumerate(ids):
-            scores = replies[2 + n * per_job: 2 + (n + 1) * per_job]
-            result[job_id] = _state_of(job_id, scores, active, paused)
-        return result
+        states = await self._classify(keys=[], args=[self.key_base, *ids])
+        return {job_id: str(state) for job_id, state in zip(ids, states, strict=True)}
 
     async def job(self, job_id: str) -> tuple[Job | None, str]:
         job = await self.queue.getJob(job_id)
@@ -169,17 +182,6 @@ class Reader:
         return [{"team": team, "channel": channel, "seconds_left": (int(v) - now_ms) / 1000}
                 for (team, channel), v in zip(pairs, values, strict=True)
                 if v is not None and int(v) > now_ms]
-
-
-def _state_of(job_id: str, scores: list[Any], active: set[str], paused: bool) -> str:
-    if not scores[-1]:
-        return "missing"
-    for state, score in zip(SORTED_STATES, scores, strict=False):
-        if score is not None:
-            return state
-    if job_id in active:
-        return "active"
-    return "paused" if paused else "wait"
 
 
 def _json_or_none(raw: str | None) -> Any:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from redis.exceptions import RedisError
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from dashboard.actions import BULK_ACTIONS, ActionRefused, describe
@@ -31,7 +30,6 @@ MAX_FORM_BYTES = 16_384
 MAX_FIELD_CHARS = 200
 QUERY_SECONDS = 10.0  # a page that cannot be read in this time is an error, not a hang
 TEAMS_SHOWN = 20
-_JOB_ID = re.compile(r"[^/]{1,256}")
 
 
 def _dash(request: Request) -> Dashboard:
@@ -44,12 +42,15 @@ def _login(request: Request) -> Login:
     return login
 
 
-def _render(request: Request, template: str, **context: Any) -> Response:
+async def _render(request: Request, template: str, **context: Any) -> Response:
+    """Render in a worker thread: a big page must not hold the event loop the webhook runs on
+    for the whole rendering (the thread and the loop take turns on the GIL)."""
     dash, login = _dash(request), _login(request)
-    context.update(login=login, readonly=login.role != "admin",
+    context.update(request=request, login=login, readonly=login.role != "admin",
                    csrf=dash.csrf.issue(login.user), queue=dash.settings.queue_name,
                    local=dash.trust_loopback)
-    return dash.templates.TemplateResponse(request, template, context)
+    page = dash.templates.get_template(template)
+    return HTMLResponse(await asyncio.to_thread(page.render, context))
 
 
 def _filters(values: dict[str, str]) -> Filters:
@@ -74,7 +75,7 @@ async def overview(request: Request) -> Response:
         paused = bool(await dash.reader.queue.isPaused())
     charts = {period: [(series, sparkline(series.bars)) for series in history[period]]
               for period, _, _ in PERIODS}
-    return _render(request, "overview.html", counts=counts, workers=workers, health=facts,
+    return await _render(request, "overview.html", counts=counts, workers=workers, health=facts,
                    charts=charts, paused=paused)
 
 
@@ -92,7 +93,7 @@ async def jobs(request: Request) -> Response:
             listing = await dash.reader.list_jobs(state, page, per_page)
         counts = await dash.reader.counts()
     query = {key: value for key, value in filters.as_dict().items() if value}
-    return _render(request, "jobs.html", listing=listing, state=state, states=STATES,
+    return await _render(request, "jobs.html", listing=listing, state=state, states=STATES,
                    counts=counts, filters=filters, query=query, fields=FIELDS,
                    bulk=[a for a, states in BULK_ACTIONS.items() if state in states],
                    max_candidates=MAX_CANDIDATES)
@@ -104,9 +105,9 @@ async def job_detail(request: Request) -> Response:
     async with asyncio.timeout(QUERY_SECONDS):
         job, state = await dash.reader.job(job_id)
         if job is None:
-            return _render(request, "missing.html", job_id=job_id)
+            return await _render(request, "missing.html", job_id=job_id)
         effects = await dash.reader.effects(job_id)
-    return _render(request, "job.html", job=job_view(job, state, effects))
+    return await _render(request, "job.html", job=job_view(job, state, effects))
 
 
 async def teams(request: Request) -> Response:
@@ -124,12 +125,12 @@ async def teams(request: Request) -> Response:
         holds = await dash.reader.holds(pairs)
     pacing = {"per_channel": dash.settings.worker_rate_per_channel,
               "per_team": dash.settings.worker_rate_per_team}
-    return _render(request, "teams.html", teams=rows, holds=holds, pacing=pacing)
+    return await _render(request, "teams.html", teams=rows, holds=holds, pacing=pacing)
 
 
 async def audit(request: Request) -> Response:
     entries = await _dash(request).actions.audit_log()
-    return _render(request, "audit.html", entries=entries)
+    return await _render(request, "audit.html", entries=entries)
 
 
 async def _authorized_form(request: Request) -> dict[str, str] | Response:
@@ -156,7 +157,7 @@ async def job_action(request: Request) -> Response:
     try:
         await _dash(request).actions.job_action(_login(request).user, action, job_id)
     except ActionRefused as exc:
-        return _render(request, "refused.html", reason=str(exc), job_id=job_id)
+        return await _render(request, "refused.html", reason=str(exc), job_id=job_id)
     target = "admin:jobs" if action == "remove" else "admin:job"
     params = {} if action == "remove" else {"job_id": job_id}
     return RedirectResponse(request.url_for(target, **params), status_code=303)
@@ -172,12 +173,12 @@ async def bulk(request: Request) -> Response:
     try:
         if form.get("confirm") != "yes":
             count = await dash.actions.bulk_count(action, state, filters)
-            return _render(request, "bulk.html", action=action, state=state, count=count,
+            return await _render(request, "bulk.html", action=action, state=state, count=count,
                            target=describe(state, filters), filters=filters, done=False)
         count = await dash.actions.bulk(_login(request).user, action, state, filters)
     except ActionRefused as exc:
-        return _render(request, "refused.html", reason=str(exc), job_id="")
-    return _render(request, "bulk.html", action=action, state=state, count=count,
+        return await _render(request, "refused.html", reason=str(exc), job_id="")
+    return await _render(request, "bulk.html", action=action, state=state, count=count,
                    target=describe(state, filters), filters=filters, done=True)
 
 
