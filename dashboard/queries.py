@@ -111,6 +111,11 @@ class Reader:
         counts = await self.queue.getJobCounts(*STATES)
         return {state: int(counts.get(state, 0)) for state in STATES}
 
+    async def oldest_waiting_ms(self) -> int | None:
+        """When the job that has waited longest was stored (ms), or None if nothing waits."""
+        jobs = await self.queue.getJobs(["wait"], 0, 0, True)
+        return int(jobs[0].timestamp) if jobs and jobs[0] else None
+
     async def list_jobs(self, state: str, page: int, per_page: int) -> Page:
         """One page of a state, newest first, through the port's getters."""
         total = (await self.counts())[state]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -73,10 +74,12 @@ async def overview(request: Request) -> Response:
         facts = await health(dash.client, dash.settings.redis_url)
         history = await throughput(dash.client, dash.reader.index, dash.reader.key_base)
         paused = bool(await dash.reader.queue.isPaused())
+        oldest = await dash.reader.oldest_waiting_ms()
+    waited = round(time.time() - oldest / 1000, 1) if oldest else None
     charts = {period: [(series, sparkline(series.bars)) for series in history[period]]
               for period, _, _ in PERIODS}
     return await _render(request, "overview.html", counts=counts, workers=workers, health=facts,
-                   charts=charts, paused=paused)
+                   charts=charts, paused=paused, waited=waited)
 
 
 async def jobs(request: Request) -> Response:

@@ -116,6 +116,7 @@ async def test_jobs_search_detail_escaping_and_actions(settings: Settings,
     await settle_with_failures(settings, "fail", 3)
 
     overview = (await admin.get("/admin/")).text
+    assert "Nothing is waiting." in overview
     assert re.search(r'id="count-failed"[^>]*><span class="n">2<', overview)
     assert re.search(r'id="count-completed"[^>]*><span class="n">1<', overview)
 
@@ -134,6 +135,8 @@ async def test_jobs_search_detail_escaping_and_actions(settings: Settings,
     retried = await admin.post("/admin/jobs/EvF2/retry", data={"csrf": token})
     assert retried.status_code == 303
     assert await admin.app.state.enqueuer.queue.getJobState("EvF2") == "waiting"  # type: ignore[attr-defined]
+    assert re.search(r"oldest waiting job was stored \d+\.\d s ago",
+                     (await admin.get("/admin/")).text)
 
     dry = await admin.post("/admin/bulk", data={"csrf": token, "action": "clean",
                                                 "state": "failed", "channel": "CFAIL"})
