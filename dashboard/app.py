@@ -12,10 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import jinja2
-import redis.asyncio as aioredis
 from bullmq import Queue
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount
@@ -26,25 +23,9 @@ from dashboard import views
 from dashboard.actions import Actions
 from dashboard.queries import Reader
 from dashboard.security import READONLY_USER, BasicAuth, Csrf, Role, SecurityHeaders
+from slackq.connection import DASHBOARD, redis_client
 from slackq.job_index import JobIndex, retention_seconds
 from slackq.settings import Settings
-
-# A slow page must never take connections from the webhook: the dashboard has its own few.
-MAX_CONNECTIONS = 4
-COMMAND_TIMEOUT_SECONDS = 5.0
-
-
-def dashboard_client(url: str) -> aioredis.Redis:
-    """The dashboard's Redis client (to move to slackq.connection's factory once it has one).
-
-    At most `MAX_CONNECTIONS`; a request that finds them busy waits for one (several open tabs
-    queue up instead of failing).
-    """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=MAX_CONNECTIONS, timeout=COMMAND_TIMEOUT_SECONDS,
-        decode_responses=True, socket_timeout=COMMAND_TIMEOUT_SECONDS, socket_connect_timeout=2,
-        retry=Retry(NoBackoff(), retries=0))
-    return aioredis.Redis(connection_pool=pool)
 
 
 def templates() -> Jinja2Templates:
@@ -69,7 +50,8 @@ class Dashboard:
     def __init__(self, settings: Settings, logins: dict[str, tuple[str, Role]],
                  csrf_secret: str, trust_loopback: bool = False) -> None:
         self.settings = settings
-        self.client = dashboard_client(settings.redis_url)
+        # Its own few connections: a slow page never takes the webhook's (slackq.connection).
+        self.client = redis_client(settings.redis_url, DASHBOARD)
         queue = Queue(settings.queue_name,
                       {"connection": self.client, "prefix": settings.queue_prefix})
         index = JobIndex(self.client, settings.queue_prefix, settings.queue_name,
@@ -108,4 +90,3 @@ class Dashboard:
     async def close(self) -> None:
         await self.reader.queue.close()
         await self.client.aclose()
-        await self.client.connection_pool.disconnect()

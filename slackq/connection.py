@@ -17,6 +17,8 @@ the enqueue policy (`producers/enqueue.py`). Timeouts are socket / connect.
 * `PROBE`: `/health/redis`, the `/metrics` queue counts, an embedded server's start. 1 s / 1 s,
   no retry.
 * `PATIENT_PROBE`: the start-up credentials check, doctor's anonymous PING. 5 s / 5 s, no retry.
+* `DASHBOARD`: the operator's dashboard inside the web process. 5 s / 2 s, no retry, a lean pool
+  of 4 (a page that finds them busy waits: it never takes the webhook's connections).
 * `OPERATOR`: the `slackq` CLI, whose Queue commands over many jobs may take seconds. 10 s / 5 s,
   one retry after 0.1-0.5 s; bytes that are not UTF-8 decode as backslash escapes (a job may
   hold anything).
@@ -138,6 +140,8 @@ PATIENT_PROBE = PROBE.with_timeout(5.0)
 OPERATOR = Profile("operator", socket_timeout=10, connect_timeout=5,
                    retry=RedisRetry(1, "exponential", base=0.1, cap=0.5),
                    encoding_errors="backslashreplace")
+DASHBOARD = Profile("dashboard", socket_timeout=5.0, connect_timeout=2.0, retry=NO_RETRY,
+                    pool_size=4, encoding_errors="backslashreplace")
 COMMAND_TIMEOUT_SECONDS = 5.0
 
 

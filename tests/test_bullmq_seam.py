@@ -291,7 +291,7 @@ PUBLIC_EXPORTS = frozenset({
     "UnrecoverableError", "WaitingChildrenError", "AbortController", "AbortSignal", "AbortError",
 })
 MUTATORS = frozenset({"update", "pop", "setdefault", "clear", "popitem", "__setitem__"})
-SCANNED = ("slackq", "producers", "worker", "harness", "bench")
+SCANNED = ("slackq", "producers", "worker", "dashboard", "harness", "bench")
 SEAM = ROOT / "slackq" / "bullmq_seam.py"
 
 

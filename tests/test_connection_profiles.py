@@ -148,7 +148,7 @@ def clients_built(source: str) -> list[tuple[int, str]]:
 
 
 def runtime_files() -> Iterator[Path]:
-    for folder in ("slackq", "producers", "worker", "harness"):
+    for folder in ("slackq", "producers", "worker", "dashboard", "harness"):
         yield from (path for path in sorted((ROOT / folder).rglob("*.py"))
                     if path not in FACTORY)
 

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from producers.enqueue import EnqueuePolicy
 from slackq.embedded import RedisProcess
 from slackq.job_index import MAX_WORDS, Filters, JobFields, JobIndex, words
 from slackq.settings import Settings
@@ -92,7 +91,7 @@ async def test_the_webhook_indexes_what_it_stores(webhook_settings: Settings) ->
 async def test_an_index_failure_never_fails_the_webhook(webhook_settings: Settings,
                                                         queue_redis: object) -> None:
     # The index script is refused (its keys' type is wrong), the job is still stored and acked.
-    async with webhook(webhook_settings, EnqueuePolicy()) as client:
+    async with webhook(webhook_settings) as client:
         index: JobIndex = client.app.state.enqueuer.index  # type: ignore[attr-defined]
         await index.client.set(index.key("channel:CBAD"), "not a sorted set")
         envelope = app_mention_envelope("EvBAD1", channel="CBAD")
