@@ -9,17 +9,20 @@ import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
+from bullmq import Queue, Worker
 
 from dashboard.actions import describe
-from dashboard.history import bucket
+from dashboard.history import bucket, bullmq_metrics, throughput
 from dashboard.queries import worker_connections
 from dashboard.security import Csrf
+from slackq.connection import DASHBOARD, bullmq_connection, redis_client
 from slackq.embedded import RedisProcess, free_port
-from slackq.job_index import Filters
+from slackq.job_index import Filters, JobIndex
 from slackq.settings import Settings
 from tests.dashboard_support import (
     ADMIN,
@@ -32,6 +35,7 @@ from tests.dashboard_support import (
     settle_with_failures,
 )
 from tests.processes import Proc, process_env, wait_http_ok
+from tests.waiting import wait_until
 from tests.webhook_client import webhook
 
 SLACKQ = str(Path(sys.executable).parent / "slackq")
@@ -213,3 +217,53 @@ def test_slackq_dashboard_serves_loopback_without_login(module_redis: RedisProce
         assert cross.status_code == 403
     finally:
         proc.stop()
+
+
+async def test_throughput_reads_bullmq_metrics_and_stored_counts(settings: Settings) -> None:
+    """Completed and failed per minute come from BullMQ's metrics, which a worker keeps when it
+    runs with the `metrics` option; stored comes from the index."""
+    await post_mentions(settings, [mention(f"EvM{n}", "CM", "fail" if n == 0 else "fine")
+                                   for n in range(3)])
+    queue = Queue(settings.queue_name, {"connection": bullmq_connection(settings.redis_url)})
+
+    async def process(job: Any, _token: str) -> str:
+        if job.data["event"]["text"] == "fail":
+            raise RuntimeError("no")
+        return "ok"
+
+    worker = Worker(settings.queue_name, process, {
+        "connection": bullmq_connection(settings.redis_url), "metrics": {"maxDataPoints": 60}})
+    try:
+        async def finished() -> bool:
+            return await queue.getJobCounts("failed", "completed") == {"failed": 1,
+                                                                       "completed": 2}
+        await wait_until(finished)
+    finally:
+        await worker.close()
+        await queue.close()
+    client = redis_client(settings.redis_url, DASHBOARD)
+    index = JobIndex(client, "bull", settings.queue_name, 3600)
+    try:
+        history = await throughput(client, index, "bull:slack-events")
+    finally:
+        await client.aclose()
+    for period in ("hour", "day", "week"):
+        totals = {series.label: series.total for series in history[period]}
+        assert totals == {"stored": 3, "completed": 2, "failed": 1}, period
+
+
+async def test_bullmq_metrics_minutes(settings: Settings) -> None:
+    """BullMQ's layout (moveToFinished's collectMetrics): data[i] is the minute i+1 before
+    prevTS's; jobs since prevTS (count - prevCount) are in prevTS's minute."""
+    minute = 1_700_000_040  # a minute start, in seconds
+    with redis.Redis.from_url(settings.redis_url) as client:
+        client.hset("bull:slack-events:metrics:completed",
+                    mapping={"count": 10, "prevTS": minute * 1000 + 5_000, "prevCount": 7})
+        client.rpush("bull:slack-events:metrics:completed:data", 0, 4)
+    async_client = redis_client(settings.redis_url, DASHBOARD)
+    try:
+        counts = await bullmq_metrics(async_client, "bull:slack-events", "completed")
+        assert counts == {minute: 3, minute - 120: 4}
+        assert await bullmq_metrics(async_client, "bull:slack-events", "failed") == {}
+    finally:
+        await async_client.aclose()
