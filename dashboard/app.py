@@ -13,6 +13,7 @@ from typing import Any
 
 import jinja2
 from bullmq import Queue
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount
@@ -24,6 +25,7 @@ from dashboard.actions import Actions
 from dashboard.queries import Reader
 from dashboard.security import READONLY_USER, BasicAuth, Csrf, Role, SecurityHeaders
 from slackq.connection import DASHBOARD, redis_client
+from slackq.errors import ConfigError
 from slackq.job_index import JobIndex, retention_seconds
 from slackq.settings import Settings
 
@@ -66,7 +68,10 @@ class Dashboard:
         static = StaticFiles(packages=[("dashboard", "static")])
         self.app = Starlette(routes=[
             *views.routes(), Mount("/static", app=static, name="static"),
-        ], middleware=[
+        ], exception_handlers={
+            RedisError: views.redis_unavailable, OSError: views.redis_unavailable,
+            TimeoutError: views.redis_unavailable,
+        }, middleware=[
             Middleware(SecurityHeaders),
             Middleware(BasicAuth, logins=logins, trust_loopback=trust_loopback),
         ])
@@ -78,6 +83,9 @@ class Dashboard:
         password = settings.admin_password.get_secret_value() if settings.admin_password else ""
         if not password:
             return None
+        if settings.admin_user == READONLY_USER:
+            raise ConfigError(f"ADMIN_USER must not be {READONLY_USER!r}: that is the read-only "
+                              "login's name")
         logins: dict[str, tuple[str, Role]] = {settings.admin_user: (password, "admin")}
         readonly = settings.admin_readonly_password
         if readonly and readonly.get_secret_value():

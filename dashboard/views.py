@@ -203,6 +203,13 @@ async def job_json(request: Request) -> Response:
     return PlainTextResponse(json.dumps(view.data, indent=2))
 
 
+async def redis_unavailable(_request: Request, exc: Exception) -> Response:
+    """A page whose Redis reads failed or took too long: 503 with the kind of error only (an
+    exception's text may name the server's address or credentials)."""
+    return PlainTextResponse(f"Redis did not answer in time ({type(exc).__name__}); "
+                             "reload in a moment.", 503)
+
+
 def routes() -> list[Route]:
     return [
         Route("/", overview, name="overview"),

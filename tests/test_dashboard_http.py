@@ -15,13 +15,16 @@ import httpx
 import pytest
 import redis
 from bullmq import Queue, Worker
+from starlette.applications import Starlette
 
 from dashboard.actions import describe
+from dashboard.app import Dashboard
 from dashboard.history import bucket, bullmq_metrics, throughput
 from dashboard.queries import worker_connections
 from dashboard.security import Csrf
 from slackq.connection import DASHBOARD, bullmq_connection, redis_client
 from slackq.embedded import RedisProcess, free_port
+from slackq.errors import ConfigError
 from slackq.job_index import Filters, JobIndex
 from slackq.settings import Settings
 from tests.dashboard_support import (
@@ -267,3 +270,24 @@ async def test_bullmq_metrics_minutes(settings: Settings) -> None:
         assert await bullmq_metrics(async_client, "bull:slack-events", "failed") == {}
     finally:
         await async_client.aclose()
+
+
+async def test_redis_down_is_a_503_not_a_traceback(module_redis: RedisProcess) -> None:
+    settings = admin_settings(f"redis://127.0.0.1:{free_port()}/0")
+    dashboard = Dashboard.for_settings(settings)
+    assert dashboard is not None
+    app = Starlette(routes=[dashboard.mount()])
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://slackq.test", auth=ADMIN) as client:
+            for path in ("/admin/", "/admin/jobs", "/admin/teams"):
+                response = await client.get(path)
+                assert response.status_code == 503, path
+                assert "ConnectionError" in response.text and "127.0.0.1" not in response.text
+    finally:
+        await dashboard.close()
+
+
+def test_admin_user_cannot_be_the_readonly_name(module_redis: RedisProcess) -> None:
+    with pytest.raises(ConfigError, match="ADMIN_USER"):
+        Dashboard.for_settings(admin_settings(module_redis.url, admin_user="readonly"))
