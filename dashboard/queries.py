@@ -116,9 +116,8 @@ class Reader:
         jobs = await self.queue.getJobs(["wait"], 0, 0, True)
         return int(jobs[0].timestamp) if jobs and jobs[0] else None
 
-    async def list_jobs(self, state: str, page: int, per_page: int) -> Page:
-        """One page of a state, newest first, through the port's getters."""
-        total = (await self.counts())[state]
+    async def list_jobs(self, state: str, page: int, per_page: int, total: int) -> Page:
+        """One page of a state (`total` jobs), newest first, through the port's getters."""
         start = (page - 1) * per_page
         jobs = await self.queue.getJobs([state], start, start + per_page - 1, False)
         return Page([JobRow.of(job, state) for job in jobs if job], total, page, per_page)
@@ -130,9 +129,11 @@ class Reader:
         rows = await self.rows([(job_id, st) for job_id, st in ids[start:start + per_page]])
         return Page(rows, len(ids), page, per_page, capped=len(ids) >= MAX_CANDIDATES)
 
-    async def matching(self, state: str, filters: Filters) -> list[tuple[str, str]]:
-        """(id, state) of the newest indexed jobs matching `filters` in `state` ("all": any)."""
-        ids = await self.index.search(filters, MAX_CANDIDATES)
+    async def matching(self, state: str, filters: Filters,
+                       limit: int = MAX_CANDIDATES) -> list[tuple[str, str]]:
+        """(id, state) of the newest `limit` indexed jobs matching `filters`, those in `state`
+        ("all": any)."""
+        ids = await self.index.search(filters, limit)
         states = await self.classify(ids)
         return [(job_id, states[job_id]) for job_id in ids
                 if states[job_id] != "missing" and state in ("all", states[job_id])]

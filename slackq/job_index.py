@@ -71,6 +71,38 @@ redis.call('EXPIRE', stats, tonumber(ARGV[11]))
 return n_terms
 """
 
+# Walk the smallest set newest first (every set scores a job by the same enqueue time) and keep
+# the ids that every other set holds, until `limit`. ZCARD, ZREVRANGE and ZSCORE only: within
+# the least-privilege ACL of docs/security.md. At most MAX_PER_TERM ids per set are looked at.
+SEARCH_LUA = """
+local smallest, size = 1, redis.call('ZCARD', KEYS[1])
+for i = 2, #KEYS do
+  local n = redis.call('ZCARD', KEYS[i])
+  if n < size then smallest, size = i, n end
+end
+local limit = tonumber(ARGV[1])
+local found = {}
+local start = 0
+while #found < limit and start < size do
+  local ids = redis.call('ZREVRANGE', KEYS[smallest], start, start + 999)
+  for _, id in ipairs(ids) do
+    local everywhere = true
+    for i = 1, #KEYS do
+      if i ~= smallest and not redis.call('ZSCORE', KEYS[i], id) then
+        everywhere = false
+        break
+      end
+    end
+    if everywhere then
+      found[#found + 1] = id
+      if #found >= limit then break end
+    end
+  end
+  start = start + 1000
+end
+return found
+"""
+
 
 def _clip(value: object) -> str:
     return str(value)[:MAX_TERM_CHARS] if value not in (None, "") else ""
@@ -152,6 +184,7 @@ class JobIndex:
         self.base = f"{prefix}:slackq:{queue}"
         self.retention_ms = retention_seconds * 1000
         self._record = client.register_script(RECORD_LUA)
+        self._search = client.register_script(SEARCH_LUA)
 
     def key(self, term: str) -> str:
         return f"{self.base}:index:{term}"
@@ -197,27 +230,26 @@ class JobIndex:
     async def search(self, filters: Filters, limit: int = 500) -> list[str]:
         """Ids of indexed jobs matching every term of `filters`, newest first, at most `limit`.
 
-        Plain ZREVRANGEs intersected here rather than ZINTER: the commands stay within the
-        least-privilege ACL of docs/security.md, and each set holds at most `MAX_PER_TERM`.
+        Intersected in Redis (`SEARCH_LUA`): only the matches cross the network, and the web
+        process's event loop parses at most `limit` ids.
         """
         keys = [self.key(term) for term in filters.terms()]
         if not keys:
             return []
         if len(keys) == 1:
             return _strings(await self.client.zrevrange(keys[0], 0, limit - 1))
-        async with self.client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.zrevrange(key, 0, -1)
-            ranges: list[list[str]] = await pipe.execute()
-        others = [set(members) for members in ranges[1:]]
-        found = [job_id for job_id in ranges[0] if all(job_id in other for other in others)]
-        return found[:limit]
+        return _strings(await self._search(keys=keys, args=[limit]))
 
     async def recent_teams(self, limit: int = 50) -> list[str]:
         return _strings(await self.client.zrevrange(self.teams_key, 0, limit - 1))
 
-    async def recent_channels(self, team: str, limit: int = 50) -> list[str]:
-        return _strings(await self.client.zrevrange(self.channels_key(team), 0, limit - 1))
+    async def channels_of(self, teams: list[str], limit: int = 50) -> dict[str, list[str]]:
+        """The recent channels of each of `teams` (one round trip)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for team in teams:
+                pipe.zrevrange(self.channels_key(team), 0, limit - 1)
+            replies = await pipe.execute()
+        return {team: _strings(reply) for team, reply in zip(teams, replies, strict=True)}
 
     async def stored_per_minute(self, since_ms: int, until_ms: int) -> dict[int, int]:
         """Stored-job counts keyed by minute start (epoch seconds) in [since, until)."""

@@ -54,7 +54,8 @@ async def test_search_by_fields_and_words(index: JobIndex) -> None:
     assert await index.search(Filters(name="app_mention", team="T0TEAM001")) == ["Ev2", "Ev1"]
     assert await index.search(Filters()) == []
     assert await index.recent_teams() == ["T0TEAM001"]
-    assert await index.recent_channels("T0TEAM001") == ["C2", "C1"]
+    assert await index.channels_of(["T0TEAM001", "TOTHER"]) == {"T0TEAM001": ["C2", "C1"],
+                                                               "TOTHER": []}
 
 
 async def test_entries_expire_with_the_retention(index: JobIndex) -> None:
