@@ -130,8 +130,8 @@ class Enqueuer:
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"job {job.job_id} not stored: {type(exc).__name__}") from exc
         observe_enqueue(job.name, time.monotonic() - started)
-        # For the dashboard's search; never fails the request (the job is stored).
-        await self.index.record_quietly(stored_id, job.name, job.data, self.policy.attempt_timeout)
+        # For the dashboard's search: written in the background, never fails the request.
+        self.index.record_soon(stored_id, job.name, job.data)
         return stored_id
 
     async def _confirm(self) -> None:
@@ -157,6 +157,7 @@ class Enqueuer:
             return False
 
     async def close(self) -> None:
+        await self.index.flush()
         await self.queue.close()
         if self._confirmer is not None:
             await self._confirmer.client.aclose()

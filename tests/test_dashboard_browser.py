@@ -104,10 +104,12 @@ def _redis(url: str) -> redis.Redis:
 
 
 def _finished(url: str, *job_ids: str) -> None:
-    """Wait until the worker has finished (failed or completed) each of `job_ids`."""
+    """Wait until the worker has finished (failed or completed) each of `job_ids`, and the web
+    process has indexed it (in the background, just after the ack)."""
     def done(client: redis.Redis) -> bool:
-        return all(client.zscore("bull:slack-events:failed", job_id) is not None
-                   or client.zscore("bull:slack-events:completed", job_id) is not None
+        return all((client.zscore("bull:slack-events:failed", job_id) is not None
+                    or client.zscore("bull:slack-events:completed", job_id) is not None)
+                   and client.exists(f"bull:slackq:slack-events:index:event:{job_id}")
                    for job_id in job_ids)
 
     with _redis(url) as client:

@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from slackq.embedded import RedisProcess
+from slackq import job_index
+from slackq.embedded import RedisProcess, free_port
 from slackq.job_index import MAX_WORDS, Filters, JobFields, JobIndex, words
 from slackq.settings import Settings
 from tests.slack_requests import app_mention_envelope
+from tests.waiting import wait_until
 from tests.webhook_client import post_event, post_form, webhook
 
 
@@ -84,17 +86,46 @@ async def test_the_webhook_indexes_what_it_stores(webhook_settings: Settings) ->
                 "channel_id": "CCMD", "user_id": "U0USER001", "trigger_id": "1.2.abc"}
         assert (await post_form(client, "/slack/commands", form)).status_code == 200
         index: JobIndex = client.app.state.enqueuer.index  # type: ignore[attr-defined]
+
+        async def both_indexed() -> bool:  # written in the background, within FLUSH_SECONDS
+            return len(await index.search(Filters(text="billing"))) == 2
+
+        await wait_until(both_indexed, within=5, what="the two jobs indexed")
         assert await index.search(Filters(channel="CIDX", text="billing")) == ["EvIDX1"]
-        found = await index.search(Filters(text="billing"))
-        assert len(found) == 2 and found[1] == "EvIDX1"
 
 
-async def test_an_index_failure_never_fails_the_webhook(webhook_settings: Settings,
-                                                        queue_redis: object) -> None:
-    # The index script is refused (its keys' type is wrong), the job is still stored and acked.
+async def test_entries_queued_together_share_one_flush(index: JobIndex) -> None:
+    for n in range(5):
+        index.record_soon(f"Ev{n}", "app_mention", app_mention_envelope(f"Ev{n}", text="batch"))
+    assert await index.search(Filters(text="batch")) == []  # nothing sent yet
+    await index.flush()
+    assert len(await index.search(Filters(text="batch"))) == 5
+    await index.client.script_flush()  # as after a Redis restart: the script is loaded again
+    index.record_soon("Ev9", "app_mention", app_mention_envelope("Ev9", text="again"))
+    await index.flush()
+    assert await index.search(Filters(text="again")) == ["Ev9"]
+
+
+async def test_an_index_failure_never_fails_the_webhook(webhook_settings: Settings) -> None:
+    # One entry is refused (a key of the wrong type): the jobs are stored and acknowledged, and
+    # the other entries of the same flush are written.
     async with webhook(webhook_settings) as client:
-        index: JobIndex = client.app.state.enqueuer.index  # type: ignore[attr-defined]
-        await index.client.set(index.key("channel:CBAD"), "not a sorted set")
-        envelope = app_mention_envelope("EvBAD1", channel="CBAD")
-        assert (await post_event(client, envelope)).status_code == 200
-        assert await client.app.state.enqueuer.queue.getJobState("EvBAD1") != "unknown"  # type: ignore[attr-defined]
+        enqueuer = client.app.state.enqueuer  # type: ignore[attr-defined]
+        await enqueuer.index.client.set(enqueuer.index.key("channel:CBAD"), "not a sorted set")
+        for event_id, channel in (("EvBAD1", "CBAD"), ("EvGOOD1", "CGOOD")):
+            envelope = app_mention_envelope(event_id, channel=channel)
+            assert (await post_event(client, envelope)).status_code == 200
+        await enqueuer.index.flush()
+        assert await enqueuer.queue.getJobState("EvBAD1") != "unknown"
+        assert await enqueuer.index.search(Filters(channel="CGOOD")) == ["EvGOOD1"]
+
+
+async def test_unreachable_redis_drops_entries_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = aioredis.Redis(port=free_port(), socket_connect_timeout=0.5)
+    index = JobIndex(client, "bull", "slack-events", retention_seconds=60)
+    monkeypatch.setattr(job_index, "MAX_PENDING", 2)
+    for n in range(3):
+        index.record_soon(f"Ev{n}", "app_mention", app_mention_envelope(f"Ev{n}"))
+    assert index.dropped == 1
+    await index.flush()  # logged, not raised
+    await client.aclose()
