@@ -4,7 +4,8 @@ BullMQ cannot search jobs by what is in them. For each stored job the web proces
 id, scored by the enqueue time in ms, to one sorted set per *term* of the job:
 
 * `name:<job name>`, `team:<team id>`, `channel:<channel id>`, `user:<user id>`, `event:<event id>`
-* `word:<w>` for the first `MAX_WORDS` distinct words of the message text (lower-cased)
+* `word:<w>` for the first `MAX_WORDS` distinct words of 3 letters or more of the message text
+  (lower-cased)
 
 Keys are `<prefix>:slackq:<queue>:index:<term>`. It also keeps the recently seen teams
 (`index:teams`) and each team's channels (`index:channels:<team>`), which the dashboard's teams
@@ -34,7 +35,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 log = structlog.get_logger(__name__)
 
-MAX_WORDS = 24
+MAX_WORDS = 16  # each costs ~70 bytes of Redis memory per job
 MAX_TERM_CHARS = 64
 MAX_PER_TERM = 10_000
 MAX_TEAMS = 500
@@ -44,7 +45,7 @@ FLUSH_SECONDS = 0.02  # how long an entry may wait to share a round trip with ot
 FLUSH_TIMEOUT_SECONDS = 2.0
 MAX_PENDING = 10_000
 FIELDS = ("name", "team", "channel", "user", "event")
-_WORD = re.compile(r"[^\W_]{2,32}")
+_WORD = re.compile(r"[^\W_]{3,32}")  # 3+: "to", "of"... would match everything
 
 RECORD_LUA = """
 local now = tonumber(ARGV[2])
@@ -114,7 +115,7 @@ def _clip(value: object) -> str:
 
 
 def words(text: str, limit: int = MAX_WORDS) -> list[str]:
-    """The distinct lower-cased words of `text` (letters and digits, 2 to 32 long), in order."""
+    """The distinct lower-cased words of `text` (letters and digits, 3 to 32 long), in order."""
     seen: dict[str, None] = {}
     for match in _WORD.finditer(text.lower()):
         seen.setdefault(match.group(), None)
@@ -244,8 +245,11 @@ class JobIndex:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
 
     async def _flush_soon(self) -> None:
-        await asyncio.sleep(FLUSH_SECONDS)
-        await self.flush()
+        # Loops: entries queued while a flush was being sent are this task's too (record_soon
+        # starts no second flusher while this one runs).
+        while self._pending:
+            await asyncio.sleep(FLUSH_SECONDS)
+            await self.flush()
 
     async def flush(self) -> None:
         """Write the waiting entries now; errors are logged, never raised."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -39,7 +40,7 @@ def test_fields_of_each_kind() -> None:
 
 def test_words_are_bounded_distinct_and_lower_cased() -> None:
     assert words("Deploy DEPLOY <img src=x onerror=alert(1)> to prod") == [
-        "deploy", "img", "src", "onerror", "alert", "to", "prod"]
+        "deploy", "img", "src", "onerror", "alert", "prod"]
     assert len(words(" ".join(f"w{i}" for i in range(100)))) == MAX_WORDS
 
 
@@ -104,6 +105,22 @@ async def test_entries_queued_together_share_one_flush(index: JobIndex) -> None:
     index.record_soon("Ev9", "app_mention", app_mention_envelope("Ev9", text="again"))
     await index.flush()
     assert await index.search(Filters(text="again")) == ["Ev9"]
+
+
+async def test_entries_queued_during_a_flush_are_flushed_too(index: JobIndex) -> None:
+    index.record_soon("EvA", "app_mention", app_mention_envelope("EvA", text="during"))
+    for _ in range(100_000):  # until the background flush has taken EvA's entry to send it
+        if not index._pending:
+            break
+        await asyncio.sleep(0)  # one turn of the loop: the flush's send is still in flight
+    else:
+        raise AssertionError("the background flush never took the entry")
+    index.record_soon("EvB", "app_mention", app_mention_envelope("EvB", text="during"))
+
+    async def both() -> bool:  # EvB, queued while that flush was in flight, goes out too
+        return len(await index.search(Filters(text="during"))) == 2
+
+    await wait_until(both, within=5, what="the entry queued during a flush written")
 
 
 async def test_an_index_failure_never_fails_the_webhook(webhook_settings: Settings) -> None:
