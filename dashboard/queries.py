@@ -7,7 +7,7 @@ long. Key layouts read directly, each documented where it is written:
 * BullMQ's own: `<prefix>:<queue>:<state>` (sorted sets for completed, failed, delayed and
   prioritized; a list for active), `<prefix>:<queue>:<job id>` (the job hash, read as
   `Queue.getJob` reads it, then `Job.fromJSON`);
-* `<prefix>:slackq:<queue>:effects:<job id>` (worker/effects.py);
+* the `slackq:done:<name>` / `slackq:start:<name>` fields of the job hash (worker/effects.py);
 * `<prefix>:slackq:<queue>:rate:hold:<team>:<channel>` (worker/limiter.py: Redis-time ms until
   which Slack's 429 holds the channel).
 """
@@ -161,12 +161,15 @@ class Reader:
         return job, str(await self.queue.getJobState(job_id))
 
     async def effects(self, job_id: str) -> list[dict[str, Any]]:
-        """The worker's effect records of a job: one entry per effect name."""
-        reply = await self.client.hgetall(f"{self.prefix}:slackq:{self.name}:effects:{job_id}")
-        raw: dict[str, str] = {str(key): str(value) for key, value in reply.items()}
-        names = sorted({key.split(":", 1)[1] for key in raw if ":" in key})
-        return [{"name": name, "started": int(raw.get(f"started:{name}", 0)),
-                 "done": _json_or_none(raw.get(f"done:{name}"))} for name in names]
+        """The worker's effect records of a job, one entry per effect name: the job hash's
+        `slackq:done:<name>` (Slack's answer) and `slackq:start:<name>` (a run began the call
+        and has not recorded it), as worker/effects.py writes them."""
+        reply = await self.client.hgetall(f"{self.key_base}:{job_id}")
+        raw = {str(key): str(value) for key, value in reply.items()
+               if str(key).startswith("slackq:")}
+        names = sorted({key.split(":", 2)[2] for key in raw if key.count(":") >= 2})
+        return [{"name": name, "unsettled": f"slackq:start:{name}" in raw,
+                 "done": _json_or_none(raw.get(f"slackq:done:{name}"))} for name in names]
 
     async def workers(self) -> list[dict[str, Any]]:
         """Connections of Python and Node workers on this queue, from CLIENT LIST."""

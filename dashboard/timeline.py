@@ -69,9 +69,9 @@ def timeline(job: Job, data: dict[str, Any], state: str,
                           f"attempt {max(attempts, 1)}"))
     for effect in effects:
         done = effect.get("done")
-        detail = f"{effect['started']} attempt(s) began it"
-        steps.append(Step(f"Slack call {effect['name']}", _ts_ms(done),
-                          detail + ("; done" if done else "; not recorded as done")))
+        detail = ("done" if done else "begun, Slack's answer not recorded"
+                  if effect["unsettled"] else "not done")
+        steps.append(Step(f"Slack call {effect['name']}", _ts_ms(done), detail))
     if job.finishedOn:
         label = "failed" if state == "failed" else "finished"
         steps.append(Step(label, int(job.finishedOn), f"after {attempts} attempt(s)"))

@@ -3,18 +3,23 @@
 BullMQ cannot search jobs by what is in them. For each stored job the web process adds the job's
 id, scored by the enqueue time in ms, to one sorted set per *term* of the job:
 
-* `name:<job name>`, `team:<team id>`, `channel:<channel id>`, `user:<user id>`, `event:<event id>`
+* `name:<job name>`, `team:<team id>`, `channel:<channel id>`, `user:<user id>`
 * `word:<w>` for the first `MAX_WORDS` distinct words of 3 letters or more of the message text
   (lower-cased)
+
+(An event id needs no entry: it is the job's id.)
 
 Keys are `<prefix>:slackq:<queue>:index:<term>`. It also keeps the recently seen teams
 (`index:teams`) and each team's channels (`index:channels:<team>`), which the dashboard's teams
 page lists, and a per-minute count of stored jobs (`stats:stored:<hour>`, hash of minute -> n).
 
-Bounded and expiring with the jobs: every write drops the set's members older than the retention
-(the longest of `JOB_KEEP_COMPLETED_SECONDS` and `JOB_KEEP_FAILED_SECONDS`), keeps at most
-`MAX_PER_TERM` newest members, and sets the key's TTL to the retention, so a term nobody writes
-again disappears on its own. An id whose job is gone (removed by count) is skipped by readers.
+Bounded and expiring with the jobs: the index covers the newest `MAX_INDEXED` jobs at most, none
+older than the retention (the longest of `JOB_KEEP_COMPLETED_SECONDS` and
+`JOB_KEEP_FAILED_SECONDS`). `index:all` ranks the indexed jobs by time and `index:terms` holds
+each one's terms; each write first *forgets* (removes from its terms' sets) up to 100 jobs past
+either bound, so the index holds about `MAX_INDEXED` jobs' entries whatever the rate. Every key
+also expires after the retention without writes, and a term's set keeps at most `MAX_PER_TERM`
+ids. An id whose job is gone (removed by count) is skipped by readers.
 One Lua script writes a job's entries; the webhook queues them (`record_soon`) and a background
 flush sends what queued up in the last `FLUSH_SECONDS` as one pipeline, so indexing costs a
 request neither a round trip nor any wait (an index 20 ms behind is fine for a dashboard).
@@ -38,27 +43,48 @@ log = structlog.get_logger(__name__)
 MAX_WORDS = 16  # each costs ~70 bytes of Redis memory per job
 MAX_TERM_CHARS = 64
 MAX_PER_TERM = 10_000
+MAX_INDEXED = 20_000  # jobs: ~1.7 KB of Redis memory each (entries and term list), ~34 MB at most
 MAX_TEAMS = 500
 MAX_CHANNELS_PER_TEAM = 200
 STATS_TTL_SECONDS = 8 * 86_400  # a week of per-minute history, and a day of slack
 FLUSH_SECONDS = 0.02  # how long an entry may wait to share a round trip with others
 FLUSH_TIMEOUT_SECONDS = 2.0
 MAX_PENDING = 10_000
-FIELDS = ("name", "team", "channel", "user", "event")
+FIELDS = ("name", "team", "channel", "user", "event")  # what a search can filter on
+INDEXED_FIELDS = ("name", "team", "channel", "user")  # the event id is the job id
+_SPACE = re.compile(r"\s")
 _WORD = re.compile(r"[^\W_]{3,32}")  # 3+: "to", "of"... would match everything
 
 RECORD_LUA = """
-local now = tonumber(ARGV[2])
-local ttl_ms = tonumber(ARGV[3])
-local cap = tonumber(ARGV[4])
-local n_terms = tonumber(ARGV[5])
-for i = 1, n_terms do
-  local key = KEYS[i]
-  redis.call('ZADD', key, now, ARGV[1])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - ttl_ms)
-  redis.call('ZREMRANGEBYRANK', key, 0, -cap - 1)
-  redis.call('PEXPIRE', key, ttl_ms)
+local id, now, ttl_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local cap, n_terms, base = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[12]
+local all, terms_of = KEYS[n_terms + 3], KEYS[n_terms + 4]
+local function forget(old)
+  local list = redis.call('HGET', terms_of, old)
+  if list then
+    for term in string.gmatch(list, '[^\\n]+') do redis.call('ZREM', base .. term, old) end
+    redis.call('HDEL', terms_of, old)
+  end
+  redis.call('ZREM', all, old)
 end
+local excess = redis.call('ZCARD', all) + 1 - tonumber(ARGV[13])
+if excess > 0 then
+  for _, old in ipairs(redis.call('ZRANGE', all, 0, math.min(excess, 100) - 1)) do forget(old) end
+end
+for _, old in ipairs(redis.call('ZRANGEBYSCORE', all, '-inf', now - ttl_ms, 'LIMIT', 0, 100)) do
+  forget(old)
+end
+local names = {}
+for i = 1, n_terms do
+  redis.call('ZADD', KEYS[i], now, id)
+  redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -cap - 1)
+  redis.call('PEXPIRE', KEYS[i], ttl_ms)
+  names[i] = string.sub(KEYS[i], #base + 1)
+end
+redis.call('ZADD', all, now, id)
+redis.call('HSET', terms_of, id, table.concat(names, '\\n'))
+redis.call('PEXPIRE', all, ttl_ms)
+redis.call('PEXPIRE', terms_of, ttl_ms)
 local team = ARGV[6]
 if team ~= '' then
   local teams, channels = KEYS[n_terms + 1], KEYS[n_terms + 2]
@@ -111,7 +137,8 @@ return found
 
 
 def _clip(value: object) -> str:
-    return str(value)[:MAX_TERM_CHARS] if value not in (None, "") else ""
+    """A term's value: bounded, without white space (a job's term list is newline-separated)."""
+    return _SPACE.sub("_", str(value)[:MAX_TERM_CHARS]) if value not in (None, "") else ""
 
 
 def words(text: str, limit: int = MAX_WORDS) -> list[str]:
@@ -149,7 +176,8 @@ class JobFields:
 
     def terms(self) -> list[str]:
         """The index terms of the job: its non-empty fields, then its words."""
-        fields = [f"{field}:{getattr(self, field)}" for field in FIELDS if getattr(self, field)]
+        fields = [f"{field}:{getattr(self, field)}" for field in INDEXED_FIELDS
+                  if getattr(self, field)]
         return fields + [f"word:{word}" for word in words(self.text)]
 
 
@@ -170,12 +198,13 @@ class Filters:
     text: str = ""
 
     def terms(self) -> list[str]:
-        fields = [f"{field}:{_clip(getattr(self, field).strip())}" for field in FIELDS
+        """The index terms to intersect (the event id is looked up as a job id instead)."""
+        fields = [f"{field}:{_clip(getattr(self, field).strip())}" for field in INDEXED_FIELDS
                   if getattr(self, field).strip()]
         return fields + [f"word:{word}" for word in words(self.text)]
 
     def __bool__(self) -> bool:
-        return bool(self.terms())
+        return bool(self.event.strip() or self.terms())
 
     def as_dict(self) -> dict[str, str]:
         return {field: getattr(self, field) for field in (*FIELDS, "text")}
@@ -199,6 +228,14 @@ class JobIndex:
         return f"{self.base}:index:{term}"
 
     @property
+    def all_key(self) -> str:
+        return f"{self.base}:index:all"
+
+    @property
+    def terms_key(self) -> str:
+        return f"{self.base}:index:terms"
+
+    @property
     def teams_key(self) -> str:
         return f"{self.base}:index:teams"
 
@@ -216,11 +253,12 @@ class JobIndex:
         terms = fields.terms()
         minute = now_ms // 60_000 * 60
         keys = [self.key(term) for term in terms]
-        keys += [self.teams_key, self.channels_key(fields.team),
+        keys += [self.teams_key, self.channels_key(fields.team), self.all_key, self.terms_key,
                  self.stats_key(minute // 3600 * 3600)]
         args: list[str | int] = [
             job_id, now_ms, self.retention_ms, MAX_PER_TERM, len(terms), fields.team,
-            fields.channel, MAX_TEAMS, MAX_CHANNELS_PER_TEAM, minute, STATS_TTL_SECONDS]
+            fields.channel, MAX_TEAMS, MAX_CHANNELS_PER_TEAM, minute, STATS_TTL_SECONDS,
+            self.key(""), MAX_INDEXED]
         return keys, args
 
     async def record(self, job_id: str, name: str, data: Mapping[str, Any],
@@ -279,11 +317,23 @@ class JobIndex:
         process's event loop parses at most `limit` ids.
         """
         keys = [self.key(term) for term in filters.terms()]
+        if event := _clip(filters.event.strip()):
+            return [event] if await self._in_all(event, keys) else []
         if not keys:
             return []
         if len(keys) == 1:
             return _strings(await self.client.zrevrange(keys[0], 0, limit - 1))
         return _strings(await self._search(keys=keys, args=[limit]))
+
+    async def _in_all(self, job_id: str, keys: list[str]) -> bool:
+        """Whether every set of `keys` holds `job_id` (no keys: yes)."""
+        if not keys:
+            return True
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zscore(key, job_id)
+            scores = await pipe.execute()
+        return all(score is not None for score in scores)
 
     async def recent_teams(self, limit: int = 50) -> list[str]:
         return _strings(await self.client.zrevrange(self.teams_key, 0, limit - 1))

@@ -109,7 +109,7 @@ def _finished(url: str, *job_ids: str) -> None:
     def done(client: redis.Redis) -> bool:
         return all((client.zscore("bull:slack-events:failed", job_id) is not None
                     or client.zscore("bull:slack-events:completed", job_id) is not None)
-                   and client.exists(f"bull:slackq:slack-events:index:event:{job_id}")
+                   and client.hexists("bull:slackq:slack-events:index:terms", job_id)
                    for job_id in job_ids)
 
     with _redis(url) as client:

@@ -65,9 +65,31 @@ async def test_entries_expire_with_the_retention(index: JobIndex) -> None:
     await index.record("old", "app_mention", app_mention_envelope("old", text="hello"), 1_000)
     later = 1_000 + index.retention_ms + 1
     await index.record("new", "app_mention", app_mention_envelope("new", text="hello"), later)
-    assert await index.search(Filters(text="hello")) == ["new"]  # the old one was trimmed
+    assert await index.search(Filters(text="hello")) == ["new"]  # the old one was forgotten
+    assert await index.client.hkeys(index.terms_key) == ["new"]
     ttl = await index.client.pttl(index.key("word:hello"))
     assert 0 < ttl <= index.retention_ms
+
+
+async def test_the_index_holds_at_most_max_indexed_jobs(index: JobIndex,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(job_index, "MAX_INDEXED", 3)
+    for n in range(5):
+        envelope = app_mention_envelope(f"Ev{n}", channel=f"C{n}", text=f"same unique{n}")
+        await index.record(f"Ev{n}", "app_mention", envelope, 1_000 + n)
+    assert await index.search(Filters(text="same")) == ["Ev4", "Ev3", "Ev2"]
+    # The forgotten jobs' own terms are gone with them, keys included.
+    assert not await index.client.exists(index.key("word:unique0"), index.key("channel:C1"))
+    assert await index.client.hlen(index.terms_key) == 3
+    assert await index.client.zcard(index.all_key) == 3
+
+
+async def test_an_event_id_is_looked_up_as_the_job_id(index: JobIndex) -> None:
+    await index.record("Ev1", "app_mention", app_mention_envelope("Ev1", channel="C1"), 1_000)
+    assert await index.search(Filters(event="Ev1")) == ["Ev1"]
+    assert await index.search(Filters(event="Ev1", channel="C1")) == ["Ev1"]
+    assert await index.search(Filters(event="Ev1", channel="C2")) == []
+    assert await index.search(Filters(event="EvNodeProduced")) == ["EvNodeProduced"]  # not indexed
 
 
 async def test_stored_counts_per_minute(index: JobIndex) -> None:
