@@ -36,8 +36,8 @@ from producers.metrics import observe_enqueue
 from slackq.connection import PRODUCER, redis_client
 from slackq.contract import JobOptions
 from slackq.errors import RedisUnavailable
-from slackq.sentinel_pool import recheck_primary
 from slackq.job_index import JobIndex, retention_seconds
+from slackq.sentinel_pool import recheck_primary
 from slackq.settings import Settings
 
 log = structlog.get_logger(__name__)
