@@ -287,10 +287,16 @@ class JobIndex:
         # starts no second flusher while this one runs).
         while self._pending:
             await asyncio.sleep(FLUSH_SECONDS)
-            await self.flush()
+            await self._write_pending()
 
     async def flush(self) -> None:
-        """Write the waiting entries now; errors are logged, never raised."""
+        """Write every queued entry now, after any background write in flight (before the
+        client closes); errors are logged, never raised."""
+        if self._flusher is not None and not self._flusher.done():
+            await self._flusher  # it writes what it took, and loops until nothing is queued
+        await self._write_pending()
+
+    async def _write_pending(self) -> None:
         batch, self._pending = self._pending, []
         if not batch:
             return

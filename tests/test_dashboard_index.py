@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from slackq import job_index
@@ -143,6 +144,21 @@ async def test_entries_queued_during_a_flush_are_flushed_too(index: JobIndex) ->
         return len(await index.search(Filters(text="during"))) == 2
 
     await wait_until(both, within=5, what="the entry queued during a flush written")
+
+
+async def test_flush_waits_for_a_background_write_before_the_client_closes(
+        redis_server: RedisProcess) -> None:
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    index = JobIndex(client, "bull", "slack-events", retention_seconds=60)
+    index.record_soon("EvC", "app_mention", app_mention_envelope("EvC", text="closing"))
+    for _ in range(100_000):  # until the background flush has taken the entry to send it
+        if not index._pending:
+            break
+        await asyncio.sleep(0)
+    await index.flush()  # as Enqueuer.close does, just before the client closes
+    await client.aclose()
+    with redis.Redis.from_url(redis_server.url, decode_responses=True) as check:
+        assert check.zscore(index.key("word:closing"), "EvC") is not None
 
 
 async def test_an_index_failure_never_fails_the_webhook(webhook_settings: Settings) -> None:
