@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from bullmq import Job, Queue
 
 from slackq.job_index import Filters, JobFields, JobIndex
-from slackq.logging import redact, redact_data
+from slackq.logging import redact, redact_value
 
 STATES = ("wait", "active", "delayed", "prioritized", "paused", "completed", "failed")
 QUEUED_STATES = frozenset({"wait", "delayed", "prioritized", "paused"})
@@ -75,7 +75,7 @@ class JobRow:
         data = job.data if isinstance(job.data, dict) else {}
         return cls(id=str(job.id), name=str(job.name), state=state,
                    timestamp=int(job.timestamp or 0), attempts=int(job.attemptsMade or 0),
-                   fields=JobFields.of(str(job.name), redact_data(data)),
+                   fields=JobFields.of(str(job.name), redact_value(data)),
                    failed_reason=redact(str(job.failedReason or "")))
 
 

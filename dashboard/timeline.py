@@ -10,7 +10,7 @@ from typing import Any
 from bullmq import Job
 
 from slackq.job_index import JobFields
-from slackq.logging import redact, redact_data
+from slackq.logging import redact, redact_value
 
 _CHANNEL = re.compile(r"[A-Z0-9]{1,32}")
 _TS = re.compile(r"\d{1,12}\.\d{1,8}")
@@ -43,12 +43,12 @@ class JobView:
 
 def job_view(job: Job, state: str, effects: list[dict[str, Any]]) -> JobView:
     data = job.data if isinstance(job.data, dict) else {}
-    redacted = redact_data(data)
+    redacted = redact_value(data)
     fields = JobFields.of(str(job.name), redacted)
     return JobView(
         id=str(job.id), name=str(job.name), state=state, fields=fields, data=redacted,
         data_json=json.dumps(redacted, indent=2, sort_keys=True, ensure_ascii=False),
-        opts_json=json.dumps(redact_data(dict(job.opts or {})), indent=2, sort_keys=True),
+        opts_json=json.dumps(redact_value(dict(job.opts or {})), indent=2, sort_keys=True),
         attempts=int(job.attemptsMade or 0),
         failed_reason=redact(str(job.failedReason or "")),
         stacktrace=[redact(str(line)) for line in (job.stacktrace or [])][-MAX_STACK_LINES:],

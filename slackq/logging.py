@@ -71,15 +71,6 @@ def redact_value(value: Any, depth: int = 0) -> Any:
     if all(new is old for new, old in zip(items, value, strict=True)):
         return value
     return type(value)(items) if not isinstance(value, list) else items
-def redact_data(value: Any) -> Any:
-    """A copy of JSON-like `value` with secret-named keys masked and every string `redact`ed
-    (for showing a job's data, which may carry tokens, e.g. the Events API's `token`)."""
-    if isinstance(value, dict):
-        return {key: "***" if str(key).lower() in _REDACT_KEYS else redact_data(item)
-                for key, item in value.items()}
-    if isinstance(value, list):
-        return [redact_data(item) for item in value]
-    return redact(value) if isinstance(value, str) else value
 
 
 def _redact_processor(
