@@ -47,7 +47,7 @@ from slackq.settings import Settings  # noqa: E402
 from tests.slack_requests import app_mention_envelope, encode, signed_headers  # noqa: E402
 
 SECRET = "soak-signing-secret-0123456789abcdef"
-TOKEN = "xoxb-soak-not-a-real-token"
+TOKEN = "xoxb-fake"
 MAXMEMORY = 450 * 1024 * 1024
 FAILING = "CFAIL"
 QUEUE_STRUCTURES = frozenset({"meta", "id", "wait", "active", "completed", "failed", "delayed",

@@ -45,7 +45,7 @@ from harness.topology import SentinelTopology, ask
 from slackq.embedded import PROJECT_ROOT, free_port
 
 SECRET = "failover-campaign-signing-secret"
-TOKEN = "xoxb-000000000000-failover-campaign"
+TOKEN = "xoxb-fake"
 Fault = Literal["kill", "partition"]
 
 
