@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio as aioredis
+from bullmq import Queue
 
 from harness.slack_standin import FakeSlack
 from slackq.embedded import RedisProcess
@@ -14,6 +16,7 @@ from slackq.settings import Settings
 from tests.prerequisites import enforce
 from tests.slack_requests import BOT_TOKEN, SIGNING_SECRET
 from tests.webhook_client import module_redis, queue_redis, webhook_settings  # noqa: F401 - fixtures
+from tests.worker_helpers import make_queue
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -53,3 +56,19 @@ def settings(redis_server: RedisProcess, fake_slack: FakeSlack) -> Settings:
         slack_api_url=fake_slack.base_url,
         log_format="console",
     )
+
+
+@pytest.fixture
+async def aclient(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    """An asyncio client of the test's Redis (tests that need another override it)."""
+    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def queue(settings: Settings) -> AsyncIterator[Queue]:
+    """The worker's queue on the test's Redis, as a producer would reach it."""
+    queue = make_queue(settings)
+    yield queue
+    await queue.close()

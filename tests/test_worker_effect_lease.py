@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -18,17 +18,10 @@ from slackq.settings import Settings
 from tests.held_slack import HeldSlack
 from tests.waiting import wait_until
 from tests.worker_app import app_registry
-from tests.worker_helpers import add_mention, job_key, job_state, make_queue
+from tests.worker_helpers import add_mention, job_key, job_state
 from worker.effects import EffectLeased, EffectLog, EffectUnsettled, JobGone
 from worker.limiter import Limits
 from worker.runner import WorkerOptions, start_worker
-
-
-@pytest.fixture
-async def aclient(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
@@ -36,13 +29,6 @@ def held() -> Iterator[HeldSlack]:
     slack = HeldSlack().start()
     yield slack
     slack.stop()
-
-
-@pytest.fixture
-async def queue(settings: Settings) -> AsyncIterator[Queue]:
-    queue = make_queue(settings)
-    yield queue
-    await queue.close()
 
 
 async def test_the_claim_script_grants_one_run_at_a_time(aclient: aioredis.Redis) -> None:

@@ -3,7 +3,6 @@ Slack stand-in answering `invalid_auth` to every post: a revoked bot token)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
@@ -16,7 +15,7 @@ from slackq.settings import Settings
 from tests.slack_requests import app_mention_envelope
 from tests.waiting import wait_until
 from tests.worker_app import app_registry
-from tests.worker_helpers import make_queue, state_key
+from tests.worker_helpers import state_key
 from worker.limiter import Limits
 from worker.runner import WorkerOptions, start_worker
 
@@ -25,20 +24,6 @@ from worker.runner import WorkerOptions, start_worker
 FAILED_JOB_BYTES = 6_144  # a failed app_mention job with one traceback (measured ~5 KB)
 DEDUP_KEY_BYTES = 256  # one per event for JOB_DEDUPLICATION_TTL_MS (measured ~120 B)
 SERVER_SLACK_BYTES = 500_000  # client buffers and allocator noise around the measurement
-
-
-@pytest.fixture
-async def aclient(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def queue(settings: Settings) -> AsyncIterator[Queue]:
-    queue = make_queue(settings)
-    yield queue
-    await queue.close()
 
 
 @pytest.mark.slow

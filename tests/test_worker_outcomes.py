@@ -25,7 +25,7 @@ from slackq.embedded import free_port
 from slackq.settings import Settings
 from tests.waiting import wait_until
 from tests.worker_app import app_registry
-from tests.worker_helpers import add_mention, job_key, job_state, make_queue
+from tests.worker_helpers import add_mention, job_key, job_state
 from worker.errors import SlackTransientError
 from worker.limiter import Limits
 from worker.runner import WorkerOptions, WorkerRuntime, start_worker
@@ -33,20 +33,6 @@ from worker.slack import call_slack, make_client
 
 StartWorker = Callable[..., Awaitable[WorkerRuntime]]
 NO_PACING = Limits(per_channel=0, per_team=0)
-
-
-@pytest.fixture
-async def aclient(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def queue(settings: Settings) -> AsyncIterator[Queue]:
-    queue = make_queue(settings)
-    yield queue
-    await queue.close()
 
 
 @pytest.fixture

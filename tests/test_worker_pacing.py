@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
@@ -19,13 +18,6 @@ from tests.worker_helpers import add_mention, job_key, make_queue, state_key
 from worker.errors import PacingLimited
 from worker.limiter import Limiter, Limits
 from worker.runner import WorkerOptions, start_worker
-
-
-@pytest.fixture
-async def aclient(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 async def test_channel_slots_are_reserved_in_order(aclient: aioredis.Redis) -> None:
