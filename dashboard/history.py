@@ -70,7 +70,9 @@ async def throughput(client: aioredis.Redis, index: JobIndex, base: str,
     now_ms = int((time.time() if now is None else now) * 1000)
     now_minute = now_ms // 60_000 * 60
     sources = {
-        "stored": await index.stored_per_minute(now_ms - WEEK_MINUTES * 60_000, now_ms + 1),
+        # To the end of the current minute: jobs stored in it count from its first second.
+        "stored": await index.stored_per_minute(now_ms - WEEK_MINUTES * 60_000,
+                                                (now_minute + 60) * 1000),
         "completed": await bullmq_metrics(client, base, "completed"),
         "failed": await bullmq_metrics(client, base, "failed"),
     }

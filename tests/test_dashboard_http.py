@@ -5,8 +5,10 @@ The same behaviours in a real browser: tests/test_dashboard_browser.py.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -235,7 +237,9 @@ async def test_throughput_reads_bullmq_metrics_and_stored_counts(settings: Setti
         return "ok"
 
     worker = Worker(settings.queue_name, process, {
-        "connection": bullmq_connection(settings.redis_url), "metrics": {"maxDataPoints": 60}})
+        "connection": bullmq_connection(settings.redis_url), "metrics": {"maxDataPoints": 60},
+        "autorun": False})
+    running = asyncio.create_task(worker.run())
     try:
         async def finished() -> bool:
             return await queue.getJobCounts("failed", "completed") == {"failed": 1,
@@ -243,16 +247,23 @@ async def test_throughput_reads_bullmq_metrics_and_stored_counts(settings: Setti
         await wait_until(finished)
     finally:
         await worker.close()
+        await asyncio.gather(running, return_exceptions=True)  # no task left to the loop's end
         await queue.close()
     client = redis_client(settings.redis_url, DASHBOARD)
     index = JobIndex(client, "bull", settings.queue_name, 3600)
     try:
         history = await throughput(client, index, "bull:slack-events")
+        # Read within the first second of the minute the jobs were stored in (1 run in ~60
+        # did so by chance, and missed them): that minute is the current one, and counts.
+        now_ms = int(time.time() * 1000)
+        stored = await index.stored_per_minute(now_ms - 3_600_000, now_ms + 60_000)
+        early = await throughput(client, index, "bull:slack-events", now=min(stored) + 0.2)
     finally:
         await client.aclose()
     for period in ("hour", "day", "week"):
         totals = {series.label: series.total for series in history[period]}
         assert totals == {"stored": 3, "completed": 2, "failed": 1}, period
+        assert early[period][0].total == stored[min(stored)], period
 
 
 async def test_bullmq_metrics_minutes(settings: Settings) -> None:
