@@ -1,10 +1,12 @@
 """Every use of the BullMQ port's non-public API, in one module (the port is pinned: 3.4.4).
 
 slackq uses the port's public API everywhere else: what Node BullMQ documents and the port mirrors
-(`Queue(...)` with `add`, `addBulk`, `getJobs`, `getJobCounts`, `retryJobs`, `clean`,
-`get_workers`, `close`; `Worker(...)` with `run`, `close`, `on`; `Job(...)`, its fields such as
-`id`, `name`, `data`, `opts` (read only), `timestamp`, `attemptsMade`, `finishedOn`, and
-`moveToDelayed`, `retry`; `DelayedError`, `UnrecoverableError`). What is not public is here:
+(`Queue(...)` with `add`, `addBulk`, `getJobs`, `getJobCounts`, `getJobLogs`, `retryJobs`,
+`clean`, `get_workers`, `close`; `Worker(...)` with its documented options (`name`, `metrics`
+among them), `run`, `close`, `on`; `Job(...)`, its fields such as `id`, `name`, `data`, `opts`
+(read only), `timestamp`, `processedOn`, `attemptsMade`, `attemptsStarted`, `stalledCounter`,
+`stacktrace`, `finishedOn`, and `moveToDelayed`, `retry`; `DelayedError`,
+`UnrecoverableError`). What is not public is here:
 
 * `FetchNextWorker`: a Worker subclass overriding `getNextJob` and `processJob`, replacing its
   backend's `moveToCompleted` on the instance, calling `nextJobFromJobData` and `emit`, reading

@@ -280,12 +280,17 @@ def _profile_options(url: str, profile: Profile) -> dict[str, Any]:
     return options
 
 
-def redis_client(url: str, profile: Profile, *, anonymous: bool = False) -> aioredis.Redis:
+def redis_client(url: str, profile: Profile, *, anonymous: bool = False,
+                 client_name: str | None = None) -> aioredis.Redis:
     """An asyncio client for `url` that behaves as `profile` says.
 
     `anonymous`: without the URL's username and password (doctor's "is a password required?").
+    `client_name`: every connection names itself so (`CLIENT SETNAME` as it connects), for
+    `CLIENT LIST` readers such as the dashboard's list of worker processes.
     """
     options = _profile_options(url, profile)
+    if client_name:
+        options["client_name"] = client_name
     if profile.retry is not None:
         options["retry"] = profile.retry.build()
     if anonymous:
@@ -323,18 +328,21 @@ def sync_redis_client(url: str, profile: Profile, *, password: str | None = None
     return redis.Redis(**{**redis_kwargs(url), **options}, decode_responses=True)
 
 
-def bullmq_connection(url: str) -> dict[str, Any] | aioredis.Redis:
+def bullmq_connection(url: str,
+                      client_name: str | None = None) -> dict[str, Any] | aioredis.Redis:
     """The `connection` option of a BullMQ `Worker` / `Queue` for the `BLOCKING` profile, as
     options: the port builds its single-connection client from them.
 
     It adds `decode_responses` and its own retry itself (passing either is an error); the
     worker then replaces that retry (`slackq.bullmq_seam.set_worker_retry`). The port cannot
     build a Sentinel client from options: for a Sentinel URL this is a client over two
-    connections (the blocking wait's and the commands'), as the port's own two.
+    connections (the blocking wait's and the commands'), as the port's own two. `client_name`:
+    as `redis_client`'s.
     """
     if sentinel_address(url) is not None:
-        return redis_client(url, BLOCKING.pooled(2))
-    return {**redis_kwargs(url), **_profile_options(url, BLOCKING)}
+        return redis_client(url, BLOCKING.pooled(2), client_name=client_name)
+    named = {"client_name": client_name} if client_name else {}
+    return {**redis_kwargs(url), **_profile_options(url, BLOCKING), **named}
 
 
 def _sentinel_kwargs(address: SentinelAddress, profile: Profile, *,

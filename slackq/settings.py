@@ -165,6 +165,12 @@ class Settings(BaseSettings):
         default=4, ge=1, le=64,
         description="BullMQ command connections per worker process, a pool shared by its jobs "
                     "(plus one for the blocking wait). `1` keeps the port's single connection.")
+    worker_metrics_points: int = Field(
+        default=10080, ge=0, le=100_000,
+        description="Minutes of BullMQ's per-minute completed and failed counts the workers keep "
+                    "in Redis for the dashboard's charts (its `metrics` option, written by the "
+                    "completion's own script: no extra command). 10080 is a week, ~2 small "
+                    "lists of that many numbers; `0` keeps none.")
     log_format: Literal["json", "console"] | None = Field(
         default=None,
         description="`json` (one JSON object per line) or `console` (readable lines). Not set: "

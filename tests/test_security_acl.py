@@ -90,7 +90,7 @@ def test_pipeline_runs_under_the_acl_user(
             timeout=30)
         assert status.returncode == 0, status.stderr
         report = json.loads(status.stdout)
-        assert report["worker_connections"] == 2
+        assert report["worker_connections"] >= 2  # every connection of the worker is named
         assert report["redis"]["appendfsync"] is None  # CONFIG is not granted
     assert admin.zrange("bull:slack-events:completed", 0, -1) == ["Ev0ACL0001"]
     # The only denial: `slackq status` asking CONFIG GET appendfsync (reported as unknown).

@@ -52,10 +52,11 @@ from worker.errors import (
 from worker.limiter import Limiter, Limits
 from worker.metrics import instrument_worker, record_deferred
 from worker.outage import RedisOutage, is_transient
-from worker.pool import worker_connection
+from worker.pool import client_name, worker_connection, worker_name
 from worker.registry import HandlerRegistry
 from worker.retry import defer_delay_ms
 from worker.slack import make_client, open_session
+from worker.waits import WaitRecorder
 
 if TYPE_CHECKING:
     from worker.tokens import WorkspaceTokens
@@ -195,11 +196,17 @@ def _validate(data: dict[str, Any]) -> Envelope:
 def build_worker(settings: Settings, dispatcher: Dispatcher, options: WorkerOptions) -> Worker:
     """A BullMQ Worker (not running yet) with slackq's timings and command retry."""
     worker_class = FetchNextWorker if settings.worker_fetch_next else Worker
+    name = worker_name()
+    # BullMQ's per-minute completed/failed counts, kept by its moveToFinished script.
+    metrics = {"metrics": {"maxDataPoints": settings.worker_metrics_points}} \
+        if settings.worker_metrics_points else {}
     worker = worker_class(
         settings.queue_name,
         dispatcher,
         {
-            "connection": worker_connection(settings),
+            "connection": worker_connection(settings, name),
+            "name": name,
+            **metrics,
             "prefix": settings.queue_prefix,
             "concurrency": settings.worker_concurrency,
             "autorun": False,
@@ -261,9 +268,10 @@ def extend_leases_with_locks(worker: Worker, effects: EffectLog) -> None:
     worker.on("locksRenewed", on_renewed)
 
 
-def command_client(url: str, options: WorkerOptions) -> aioredis.Redis:
-    """slackq's own Redis commands (limiter, effects): pooled, bounded, same retry as BullMQ's."""
-    return redis_client(url, command_profile(options.lock_duration_ms))
+def command_client(url: str, options: WorkerOptions, name: str | None = None) -> aioredis.Redis:
+    """slackq's own Redis commands (limiter, effects): pooled, bounded, same retry as BullMQ's;
+    named as the process's BullMQ connections (`name`: their client name)."""
+    return redis_client(url, command_profile(options.lock_duration_ms), client_name=name)
 
 
 @dataclass
@@ -276,6 +284,7 @@ class WorkerRuntime:
     grace_seconds: float
     slack_session: aiohttp.ClientSession
     tokens: WorkspaceTokens | None = None
+    waits: WaitRecorder | None = None
 
     async def stop(self) -> float:
         """Graceful shutdown; returns the seconds it took."""
@@ -283,6 +292,8 @@ class WorkerRuntime:
         await shutdown(self.worker, self.grace_seconds)
         await asyncio.gather(self.run_task, return_exceptions=True)
         await self.slack_session.close()
+        if self.waits is not None:
+            await self.waits.close()
         await self.client.aclose()
         if self.tokens is not None:
             await self.tokens.close()
@@ -294,7 +305,7 @@ async def start_worker(
 ) -> WorkerRuntime:
     """Check Redis, build the worker with its Slack client, limiter and effect log, run it."""
     options = options or WorkerOptions.from_settings(settings)
-    client = command_client(settings.redis_url, options)
+    client = command_client(settings.redis_url, options, client_name(settings, worker_name()))
     try:
         return await _start(settings, registry, options, client)
     except BaseException:
@@ -350,13 +361,16 @@ async def _start_worker(settings: Settings, registry: HandlerRegistry, options: 
         with contextlib.suppress(Exception):
             await worker.close(force=True)
         raise
+    waits = WaitRecorder(client, settings.queue_prefix, settings.queue_name)
+    waits.attach(worker)  # the dashboard's wait-time history: no command on a job's path
     run_task = asyncio.create_task(worker.run(), name="bullmq-worker")
     log.info("worker_started", queue=settings.queue_name, handlers=registry.names(),
              workspaces="many" if tokens else "one",
              concurrency=settings.worker_concurrency, lock_duration_ms=options.lock_duration_ms,
              stalled_interval_ms=options.stalled_interval_ms,
              run_retry_delay_ms=options.run_retry_delay_ms)
-    return WorkerRuntime(worker, run_task, client, options.grace_seconds, slack_session, tokens)
+    return WorkerRuntime(worker, run_task, client, options.grace_seconds, slack_session, tokens,
+                         waits)
 
 
 async def run_worker(
