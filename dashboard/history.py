@@ -6,7 +6,9 @@ Per-minute history lives in Redis, so it survives restarts of every process, and
   time (slackq/job_index.py), expiring after 8 days;
 * completed and failed jobs: BullMQ's own metrics lists (`<prefix>:<queue>:metrics:<kind>:data`,
   newest closed minute first, one entry a minute, trimmed to the worker's `maxDataPoints`),
-  present only when the workers run with BullMQ's `metrics` option.
+  present only when the workers run with BullMQ's `metrics` option (`WORKER_METRICS_POINTS`);
+* waits (stored -> first start): slackq/wait_history.py's per-minute sums, written by the
+  workers in batches (worker/waits.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import redis.asyncio as aioredis
 
 from slackq.doctor import gather_facts
 from slackq.job_index import JobIndex
+from slackq.wait_history import MinuteWaits, WaitKeys, read_waits
 
 # (label, minutes covered, minutes per bar): at most 168 bars a chart.
 PERIODS = (("hour", 60, 1), ("day", 1440, 15), ("week", 10080, 60))
@@ -79,6 +82,41 @@ async def throughput(client: aioredis.Redis, index: JobIndex, base: str,
     return {period: [Series(label, bucket(counts, now_minute, minutes, step), step)
                      for label, counts in sources.items()]
             for period, minutes, step in PERIODS}
+
+
+@dataclass(frozen=True)
+class WaitSeries:
+    """Waits over one period: the mean wait of each bar (ms), and over the whole period."""
+
+    bars: list[int]
+    minutes_per_bar: int
+    jobs: int
+    mean_ms: int
+    max_ms: int
+    label: str = "wait"
+
+
+def wait_series(minutes: dict[int, MinuteWaits], now_minute: int, span: int,
+                step: int) -> WaitSeries:
+    """`minutes`' waits in bars of `step` minutes over the last `span` minutes."""
+    first = now_minute - (span - 1) * 60
+    shown = {minute: w for minute, w in minutes.items() if first <= minute <= now_minute}
+    counts = bucket({m: w.n for m, w in shown.items()}, now_minute, span, step)
+    sums = bucket({m: w.total_ms for m, w in shown.items()}, now_minute, span, step)
+    jobs, total = sum(counts), sum(sums)
+    return WaitSeries([s // n if n else 0 for s, n in zip(sums, counts, strict=True)], step,
+                      jobs, total // jobs if jobs else 0,
+                      max((w.max_ms for w in shown.values()), default=0))
+
+
+async def waits(client: aioredis.Redis, keys: WaitKeys,
+                now: float | None = None) -> dict[str, WaitSeries]:
+    """The waits of each period: {"hour": WaitSeries, ...}."""
+    now_s = int(time.time() if now is None else now)
+    now_minute = now_s // 60 * 60
+    minutes = await read_waits(client, keys, now_minute - WEEK_MINUTES * 60, now_minute + 60)
+    return {period: wait_series(minutes, now_minute, span, step)
+            for period, span, step in PERIODS}
 
 
 async def health(client: aioredis.Redis, url: str) -> dict[str, Any]:

@@ -25,11 +25,13 @@ from bullmq import Job, Queue
 
 from slackq.job_index import Filters, JobFields, JobIndex
 from slackq.logging import redact, redact_value
+from slackq.wait_history import WaitKeys
 
 STATES = ("wait", "active", "delayed", "prioritized", "paused", "completed", "failed")
 QUEUED_STATES = frozenset({"wait", "delayed", "prioritized", "paused"})
 MAX_PAGE = 100
 MAX_CANDIDATES = 500
+MAX_LOGS = 50
 
 # A job's state from BullMQ's structures, in Redis: in one of the sorted sets, else in the active
 # list, else waiting (paused while the queue is); "missing" when its hash is gone. Job keys are
@@ -102,9 +104,11 @@ class Reader:
     prefix: str
     name: str
     key_base: str = field(init=False)
+    wait_keys: WaitKeys = field(init=False)
 
     def __post_init__(self) -> None:
         self.key_base = f"{self.prefix}:{self.name}"
+        self.wait_keys = WaitKeys(self.prefix, self.name)
         self._classify = self.client.register_script(CLASSIFY_LUA)
 
     async def counts(self) -> dict[str, int]:
@@ -159,6 +163,12 @@ class Reader:
         if job is None:
             return None, "unknown"
         return job, str(await self.queue.getJobState(job_id))
+
+    async def logs(self, job_id: str) -> tuple[list[str], int]:
+        """The newest `MAX_LOGS` lines of the job's log (`Job.log`: Node handlers write it,
+        slackq's do not), oldest first, and how many it has."""
+        reply = await self.queue.getJobLogs(job_id, 0, MAX_LOGS - 1, False)
+        return [str(line) for line in reversed(reply["logs"])], int(reply["count"])
 
     async def effects(self, job_id: str) -> list[dict[str, Any]]:
         """The worker's effect records of a job, one entry per effect name: the job hash's

@@ -15,6 +15,8 @@ from slackq.logging import redact, redact_value
 _CHANNEL = re.compile(r"[A-Z0-9]{1,32}")
 _TS = re.compile(r"\d{1,12}\.\d{1,8}")
 MAX_STACK_LINES = 40
+_QUALIFIED = re.compile(r"^(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*:)")
+MAX_LOG_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,14 @@ class JobView:
     timeline: list[Step]
     effects: list[dict[str, Any]]
     slack_link: str | None
+    logs: list[str]
+    log_count: int
 
 
-def job_view(job: Job, state: str, effects: list[dict[str, Any]]) -> JobView:
+def job_view(job: Job, state: str, effects: list[dict[str, Any]],
+             logs: tuple[list[str], int] = ([], 0)) -> JobView:
+    """The detail page's job; `logs`: the newest of its job log lines (`Job.log`) and how many
+    it has."""
     data = job.data if isinstance(job.data, dict) else {}
     redacted = redact_value(data)
     fields = JobFields.of(str(job.name), redacted)
@@ -55,18 +62,25 @@ def job_view(job: Job, state: str, effects: list[dict[str, Any]]) -> JobView:
         timeline=timeline(job, data, state, effects),
         effects=effects,
         slack_link=slack_link(data, effects),
+        logs=[redact(str(line))[:MAX_LOG_CHARS] for line in logs[0]],
+        log_count=logs[1],
     )
 
 
 def timeline(job: Job, data: dict[str, Any], state: str,
              effects: list[dict[str, Any]]) -> list[Step]:
-    """Slack event time -> stored -> last attempt started -> Slack calls -> finished."""
+    """Slack event time -> stored -> each attempt -> Slack calls -> finished.
+
+    BullMQ keeps one start time per job (`processedOn`, overwritten by each start), so only the
+    last attempt has one; an earlier attempt is known by its stack trace (one per failed
+    attempt, its last line the error) for as many as the job's `stackTraceLimit` kept. Runs
+    that were not attempts (a deferral by pacing, a run lost by a stalled worker) are counted
+    from `attemptsStarted` and `stalledCounter`, without times.
+    """
     steps = [Step("Slack event", _event_ms(data))] if _event_ms(data) else []
-    steps.append(Step("stored", int(job.timestamp or 0) or None))
-    attempts = int(job.attemptsMade or 0)
-    if job.processedOn:
-        steps.append(Step("last attempt started", int(job.processedOn),
-                          f"attempt {max(attempts, 1)}"))
+    stored = int(job.timestamp or 0) or None
+    steps.append(Step("stored", stored))
+    steps += attempt_steps(job, state, stored)
     for effect in effects:
         done = effect.get("done")
         detail = ("done" if done else "begun, Slack's answer not recorded"
@@ -74,8 +88,49 @@ def timeline(job: Job, data: dict[str, Any], state: str,
         steps.append(Step(f"Slack call {effect['name']}", _ts_ms(done), detail))
     if job.finishedOn:
         label = "failed" if state == "failed" else "finished"
+        attempts = int(job.attemptsMade or 0)
         steps.append(Step(label, int(job.finishedOn), f"after {attempts} attempt(s)"))
     return steps
+
+
+def attempt_steps(job: Job, state: str, stored: int | None) -> list[Step]:
+    """One step per attempt: the failed ones with their error, the last run with its start."""
+    made = int(job.attemptsMade or 0)
+    failed = made - 1 if state == "completed" else made  # attempts that ended in a failure
+    traces = [str(trace) for trace in (job.stacktrace or [])][-failed:] if failed > 0 else []
+    errors = {failed - len(traces) + 1 + n: _last_line(trace) for n, trace in enumerate(traces)}
+    # The attempt `processedOn` belongs to: the running one, else the last one that ran.
+    last = made + 1 if state == "active" else made
+    steps = [Step(f"attempt {number} failed", None,
+                  f"time not kept by BullMQ; {errors.get(number, _NOT_KEPT)}")
+             for number in range(1, min(failed, last - 1) + 1)]
+    if job.processedOn:
+        started = int(job.processedOn)
+        label = f"attempt {last} started" if last else "last run started"
+        detail = "the first start" if int(job.attemptsStarted or 0) == 1 else "a later start"
+        if int(job.attemptsStarted or 0) == 1 and stored:
+            detail += f", {(started - stored) / 1000:.3f} s after it was stored"
+        if 0 < last <= failed:
+            detail += f"; failed: {errors.get(last, _NOT_KEPT)}"
+        steps.append(Step(label, started, detail))
+    extra = int(job.attemptsStarted or 0) - last
+    stalled = int(job.stalledCounter or 0)
+    if extra > 0 or stalled:
+        steps.append(Step("runs that were not attempts", None,
+                          f"{max(extra, 0)} start(s) more than attempts (deferred by pacing, "
+                          f"or lost by a worker); found stalled {stalled} time(s)"))
+    return steps
+
+
+_NOT_KEPT = "its error was not kept (the job's stackTraceLimit)"
+
+
+def _last_line(trace: str) -> str:
+    """A stack trace's error line (its last non-empty line), redacted and bounded."""
+    lines = [line for line in trace.splitlines() if line.strip()]
+    # "package.module.SomeError: text" -> "SomeError: text"
+    last = _QUALIFIED.sub(r"\1", lines[-1].strip()) if lines else ""
+    return redact(last)[:300]
 
 
 def _event_ms(data: dict[str, Any]) -> int | None:

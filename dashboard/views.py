@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from dashboard.actions import BULK_ACTIONS, ActionRefused, describe
-from dashboard.history import PERIODS, health, sparkline, throughput
+from dashboard.history import PERIODS, health, sparkline, throughput, waits
 from dashboard.queries import MAX_CANDIDATES, MAX_PAGE, QUEUED_STATES, STATES
 from dashboard.security import Login, same_origin
 from dashboard.timeline import job_view
@@ -74,13 +74,16 @@ async def overview(request: Request) -> Response:
             workers = None
         facts = await health(dash.client, dash.settings.redis_url)
         history = await throughput(dash.client, dash.reader.index, dash.reader.key_base)
+        waited_history = await waits(dash.client, dash.reader.wait_keys)
         paused = bool(await dash.reader.queue.isPaused())
         oldest = await dash.reader.oldest_waiting_ms()
     waited = round(time.time() - oldest / 1000, 1) if oldest else None
     charts = {period: [(series, sparkline(series.bars)) for series in history[period]]
               for period, _, _ in PERIODS}
+    wait_charts = {period: (series, sparkline(series.bars))
+                   for period, series in waited_history.items()}
     return await _render(request, "overview.html", counts=counts, workers=workers, health=facts,
-                   charts=charts, paused=paused, waited=waited)
+                   charts=charts, wait_charts=wait_charts, paused=paused, waited=waited)
 
 
 async def jobs(request: Request) -> Response:
@@ -111,7 +114,8 @@ async def job_detail(request: Request) -> Response:
         if job is None:
             return await _render(request, "missing.html", job_id=job_id)
         effects = await dash.reader.effects(job_id)
-    return await _render(request, "job.html", job=job_view(job, state, effects))
+        logs = await dash.reader.logs(job_id)
+    return await _render(request, "job.html", job=job_view(job, state, effects, logs))
 
 
 async def teams(request: Request) -> Response:

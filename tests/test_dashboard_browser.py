@@ -148,6 +148,11 @@ def test_counts_match_redis(page: Page, base_url: str, redis_url: str, slack: Fa
             str(client.llen("bull:slack-events:wait")))
     expect(page.locator("#workers")).to_contain_text("python")
     expect(page.locator("#health")).to_contain_text("noeviction")
+    expect(page.locator("#period-hour .chart.completed figcaption")).not_to_contain_text(
+        "completed: 0 ")
+    # The worker sends its waits every 5 s; the page refreshes itself every 5 s.
+    expect(page.locator("#period-hour .chart.wait figcaption")).to_contain_text(
+        "job(s)", timeout=20_000)
     _shot(page, shots, "overview")
 
 
