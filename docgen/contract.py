@@ -7,6 +7,7 @@ pydantic models in `slackq.models`. `python -m docgen` writes it; a test runs `-
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +138,7 @@ def _data_models() -> list[type[BaseModel]]:
 def _schemas() -> str:
     sections = []
     for model in _data_models():
-        sections.append(f"### {model.__name__}\n\n{(model.__doc__ or '').strip()} Also in "
+        sections.append(f"### {model.__name__}\n\n{inspect.cleandoc(model.__doc__ or '')} Also in "
                         f"`docs/schemas/{model.__name__}.schema.json`.\n\n"
                         f"```json\n{_json(json_schema(model))}\n```")
     return "\n\n".join(sections)

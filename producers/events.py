@@ -48,10 +48,16 @@ def _event_job(payload: dict[str, Any]) -> SlackJob:
         raise MalformedRequest("event_callback without an event object")
     event_type = required_text(event, "type")
     event_id = required_text(payload, "event_id")
+    if not any(isinstance(payload.get(key), str) and payload[key]
+               for key in ("team_id", "enterprise_id")):
+        # The job contract needs one (slackq.models.EventCallback): the worker could not tell
+        # which installation the event is for. Org-wide events may name the org only.
+        raise MalformedRequest("event_callback without team_id or enterprise_id")
     return SlackJob(
         name=event_type,
         data=stored_data(payload),
         job_id=checked_job_id(event_id),
         log_context={"team_id": log_text(payload, "team_id"),
+                     "enterprise_id": log_text(payload, "enterprise_id"),
                      "event_id": log_text(payload, "event_id")},
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 
 class SlackModel(BaseModel):
@@ -77,12 +77,24 @@ class Authorization(SlackModel):
     is_enterprise_install: bool | None = None
 
 
+# An `event_callback` names the workspace (`team_id`) or, for an org-wide install on Enterprise
+# Grid, only the org: Slack sends `app_uninstalled` / `tokens_revoked` of an org-wide app with
+# `enterprise_id` and no `team_id`. One of the two is required (JSON Schema: `anyOf`).
+_TEAM_OR_ENTERPRISE = {"anyOf": [
+    {"required": ["team_id"], "properties": {"team_id": {"type": "string"}}},
+    {"required": ["enterprise_id"], "properties": {"enterprise_id": {"type": "string"}}},
+]}
+
+
 class EventCallback(SlackModel):
-    """An Events API `event_callback` envelope, as POSTed to `/slack/events`."""
+    """An Events API `event_callback` envelope, as POSTed to `/slack/events`; it names
+    `team_id` or `enterprise_id` or both (an org-wide install's events may name the org only)."""
+
+    model_config = ConfigDict(json_schema_extra=_TEAM_OR_ENTERPRISE)
 
     type: Literal["event_callback"]
     event_id: str = Field(min_length=1)
-    team_id: str = Field(min_length=1)
+    team_id: str | None = Field(default=None, min_length=1)
     api_app_id: str | None = None
     event_time: int | None = None
     event: SlackEvent
@@ -90,6 +102,12 @@ class EventCallback(SlackModel):
     enterprise_id: str | None = None
     is_ext_shared_channel: bool | None = None
     event_context: str | None = None
+
+    @model_validator(mode="after")
+    def _names_a_team_or_an_enterprise(self) -> EventCallback:
+        if not self.team_id and not self.enterprise_id:
+            raise ValueError("an event_callback needs team_id or enterprise_id")
+        return self
 
 
 class SlashCommand(SlackModel):

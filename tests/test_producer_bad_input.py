@@ -27,6 +27,8 @@ from tests.webhook_client import (
 EVENT = encode(app_mention_envelope("Ev0BAD0001"))
 COMMAND = urlencode(command_form("1.2.bad")).encode()
 # Python's json reads it; BullMQ's job data (json.dumps(allow_nan=False)) would raise a 500.
+# The worker could not tell which installation it is for (org-wide events name the org only).
+NO_TEAM = encode({k: v for k, v in app_mention_envelope("Ev0BAD0002").items() if k != "team_id"})
 INFINITE_EVENT = EVENT.replace(b'"event_ts"', b'"score":Infinity,"event_ts"')
 
 
@@ -92,6 +94,8 @@ def rows() -> list[Row]:
          encode({"type": "event_callback", "event": {"type": "message"}}),
          signed(encode({"type": "event_callback", "event": {"type": "message"}})), 400,
          "malformed"),
+        ("event_callback naming no team nor enterprise", "/slack/events", NO_TEAM,
+         signed(NO_TEAM), 400, "malformed"),
         ("integer-like event_id", "/slack/events",
          encode({**app_mention_envelope(), "event_id": "12345"}),
          signed(encode({**app_mention_envelope(), "event_id": "12345"})), 400, "malformed"),

@@ -4,6 +4,7 @@ that stops one team only, and no token in any log line."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tests.workspace_support import (
     lifecycle_event,
     mention,
     multi_env,
+    org_lifecycle_event,
     org_mention,
 )
 
@@ -50,11 +52,12 @@ class Stack:
         assert parse_qs(urlsplit(back).query)["state"] == [cookie.split("=", 1)[1]]
         return httpx.get(back, headers={"cookie": cookie}, timeout=10)
 
-    def post_event(self, payload: dict[str, Any]) -> None:
+    def post_event(self, payload: dict[str, Any], status: int = 200) -> httpx.Response:
         body = encode(payload)
         response = httpx.post(f"{self.base}/slack/events", content=body,
                               headers=signed_headers(body), timeout=10)
-        assert response.status_code == 200, response.text
+        assert response.status_code == status, response.text
+        return response
 
     def logs(self) -> str:
         return self.web.output() + self.worker.output()
@@ -111,6 +114,26 @@ def test_many_workspaces_through_the_install_flow(
     calls = fake_slack.wait_for_calls("chat.postMessage", 4)
     assert [(c.args["channel"], fake_slack.token_of(c)) for c in calls[3:]] == [
         ("C0BETA", beta)]
+
+    # The org-wide uninstall names the org only (no team_id): stored, and the org's
+    # installation goes; the other workspaces stay.
+    nobody = {k: v for k, v in org_lifecycle_event("Ev0E2EX1", "E0GRID", {}).items()
+              if k != "enterprise_id"}
+    refused = stack.post_event({**nobody, "event": {"type": "app_uninstalled"}}, 400)
+    assert refused.json()["detail"] == "event_callback without team_id or enterprise_id"
+    stack.post_event(org_lifecycle_event("Ev0E2EU2", "E0GRID", {"type": "app_uninstalled"}))
+    wait_until_sync(lambda: redis_client.zscore("bull:slack-events:completed", "Ev0E2EU2")
+                    is not None, 20, "the org-wide uninstall completed")
+    stack.post_event(org_mention("Ev0E2EG2", "E0GRID", "T0INGRID"))
+    stack.post_event(mention("Ev0E2EB3", "T0BETA", channel="C0BETA", ts="1700000003.0002"))
+    wait_until_sync(lambda: redis_client.zscore("bull:slack-events:failed", "Ev0E2EG2")
+                    is not None, 20, "the uninstalled org's job failed")
+    assert failed_reason(redis_client, "Ev0E2EG2").startswith("no_installation")
+    calls = fake_slack.wait_for_calls("chat.postMessage", 5)
+    assert [(c.args["channel"], fake_slack.token_of(c)) for c in calls[4:]] == [
+        ("C0BETA", beta)]
+    assert json.loads(str(redis_client.hget("bull:slack-events:Ev0E2EU2", "returnvalue"))) == {
+        "uninstalled": {"enterprise_id": "E0GRID", "team_id": None}}
 
     logs = stack.logs()
     assert '"slack_app_installed"' in logs and '"job_completed"' in logs

@@ -27,6 +27,7 @@ from tests.workspace_support import (
     lifecycle_event,
     mention,
     multi_settings,
+    org_lifecycle_event,
     org_mention,
 )
 from worker.handlers import default_registry
@@ -230,6 +231,24 @@ async def test_a_rotating_token_is_refreshed_once_ahead_of_expiry(
       "authorizations": [{"team_id": "T2", "enterprise_id": "E1"}]}, ("E1", "T2")),
     ({"type": "event_callback", "event_id": "Ev1", "team_id": "T1", "event": {"type": "x"}},
      (None, "T1")),
+    # A channel shared with another org: the top-level enterprise is the other org's.
+    ({"type": "event_callback", "event_id": "Ev1", "team_id": "T1", "enterprise_id": "E9",
+      "event": {"type": "x"}, "authorizations": [{"team_id": "T2", "enterprise_id": None}]},
+     (None, "T2")),
+    # Org-wide: by the authorization, whatever workspace the event came from.
+    ({"type": "event_callback", "event_id": "Ev1", "team_id": "T1", "enterprise_id": "E1",
+      "event": {"type": "x"}, "authorizations": [
+          {"team_id": None, "enterprise_id": "E1", "is_enterprise_install": True}]},
+     ("E1", None)),
+    # An org-wide app's app_uninstalled names the org only, with or without authorizations.
+    ({"type": "event_callback", "event_id": "Ev1", "enterprise_id": "E1",
+      "event": {"type": "app_uninstalled"}, "authorizations": [
+          {"team_id": None, "enterprise_id": "E1", "is_enterprise_install": True}]},
+     ("E1", None)),
+    ({"type": "event_callback", "event_id": "Ev1", "enterprise_id": "E1",
+      "event": {"type": "app_uninstalled"}}, ("E1", None)),
+    ({"type": "event_callback", "event_id": "Ev1", "team_id": "T1", "enterprise_id": "E1",
+      "event": {"type": "app_uninstalled"}}, ("E1", "T1")),
     ({"command": "/x", "team_id": "T1", "channel_id": "C", "user_id": "U",
       "enterprise_id": "E1", "is_enterprise_install": "true"}, ("E1", None)),
     ({"command": "/x", "team_id": "T1", "channel_id": "C", "user_id": "U",
@@ -249,3 +268,32 @@ def test_installation_key_of_events_commands_and_interactions(
     except ValidationError as exc:  # pragma: no cover - a malformed case is a test bug
         raise AssertionError(exc) from exc
     assert installation_key(parsed) == key
+
+
+def test_an_event_callback_names_a_team_or_an_enterprise() -> None:
+    envelope = org_lifecycle_event("Ev1", "E1", {"type": "app_uninstalled"}, authorized=False)
+    assert parse_envelope(envelope).model_dump(exclude_unset=True) == envelope  # data unchanged
+    with pytest.raises(ValidationError, match="needs team_id or enterprise_id"):
+        parse_envelope({**envelope, "enterprise_id": None})
+    with pytest.raises(ValidationError, match="needs team_id or enterprise_id"):
+        parse_envelope({**envelope, "enterprise_id": ""})
+
+
+async def test_an_org_wide_uninstall_naming_the_org_only_removes_the_org_install_only(
+        multi: Settings, worker: Any, queue: Queue, aclient: aioredis.Redis,
+        fake_slack: FakeSlack) -> None:
+    await install(multi, team=None, enterprise="E0ORG", token=TOKEN_ORG)
+    await install(multi, team="T0A", enterprise="E0ORG", token=TOKEN_A)  # same org, one workspace
+    await worker()
+    warm = await add(queue, org_mention("Ev0OW1", "E0ORG", "T0INORG"))  # cached
+    await ends(aclient, multi, warm, "completed")
+    gone = await add(queue, org_lifecycle_event("Ev0OU1", "E0ORG", {"type": "app_uninstalled"}))
+    await ends(aclient, multi, gone, "completed")
+    after_org = await add(queue, org_mention("Ev0OW2", "E0ORG", "T0INORG"))
+    workspace = mention("Ev0AW2", "T0A", ts="1700000009.0002")
+    workspace["enterprise_id"] = workspace["authorizations"][0]["enterprise_id"] = "E0ORG"
+    after_workspace = await add(queue, workspace)
+    await ends(aclient, multi, after_org, "failed")
+    await ends(aclient, multi, after_workspace, "completed")
+    assert (await reason(aclient, multi, after_org)).startswith("no_installation")
+    assert fake_slack.tokens_used("chat.postMessage") == [TOKEN_ORG, TOKEN_A]

@@ -62,3 +62,18 @@ def lifecycle_event(event_id: str, team: str, event: dict[str, Any]) -> dict[str
     """`app_uninstalled` / `tokens_revoked` as Slack sends them (no authorizations needed)."""
     return {"token": "legacy", "team_id": team, "api_app_id": "A0APP001", "type": "event_callback",
             "event_id": event_id, "event_time": int(time.time()), "event": event}
+
+
+def org_lifecycle_event(event_id: str, enterprise: str, event: dict[str, Any],
+                        *, authorized: bool = True) -> dict[str, Any]:
+    """`app_uninstalled` / `tokens_revoked` of an org-wide install: the envelope names the org
+    only (no `team_id`), with or without `authorizations`."""
+    envelope: dict[str, Any] = {
+        "token": "legacy", "enterprise_id": enterprise, "api_app_id": "A0APP001",
+        "type": "event_callback", "event_id": event_id, "event_time": int(time.time()),
+        "event": event}
+    if authorized:
+        envelope["authorizations"] = [{"enterprise_id": enterprise, "team_id": None,
+                                       "user_id": "U0BOT", "is_bot": True,
+                                       "is_enterprise_install": True}]
+    return envelope

@@ -63,18 +63,26 @@ def installation_key(envelope: Envelope) -> Key:
     enterprise: str | None
     team: str | None
     if isinstance(envelope, EventCallback):
-        auth = envelope.authorizations[0] if envelope.authorizations else None
-        if auth is not None:
-            enterprise = auth.enterprise_id or envelope.enterprise_id
-            team, org = auth.team_id, bool(auth.is_enterprise_install)
-        else:
-            enterprise, team, org = envelope.enterprise_id, envelope.team_id, False
+        enterprise, team, org = _event_ids(envelope)
     elif isinstance(envelope, SlashCommand):
         enterprise, team = envelope.enterprise_id, envelope.team_id
         org = str(envelope.is_enterprise_install).lower() == "true"
     else:
         enterprise, team, org = _interaction_ids(envelope)
     return enterprise, (None if org else team)
+
+
+def _event_ids(envelope: EventCallback) -> tuple[str | None, str | None, bool]:
+    auth = envelope.authorizations[0] if envelope.authorizations else None
+    if auth is not None and (auth.team_id or auth.enterprise_id):
+        org = bool(auth.is_enterprise_install)
+        # The authorization's enterprise, even when None: in a channel shared with another org,
+        # the top-level `enterprise_id` is the other org's, not the installation's (Bolt's rule).
+        enterprise = auth.enterprise_id or (envelope.enterprise_id if org else None)
+        return enterprise, auth.team_id, org
+    # No authorization (Slack's app_uninstalled / tokens_revoked examples carry none): the
+    # top-level ids; an envelope naming an org and no team is the org-wide install's.
+    return envelope.enterprise_id, envelope.team_id, envelope.team_id is None
 
 
 def _interaction_ids(payload: InteractionPayload) -> tuple[str | None, str | None, bool]:
