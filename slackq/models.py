@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic.config import JsonDict
 
 
 class SlackModel(BaseModel):
@@ -80,7 +81,7 @@ class Authorization(SlackModel):
 # An `event_callback` names the workspace (`team_id`) or, for an org-wide install on Enterprise
 # Grid, only the org: Slack sends `app_uninstalled` / `tokens_revoked` of an org-wide app with
 # `enterprise_id` and no `team_id`. One of the two is required (JSON Schema: `anyOf`).
-_TEAM_OR_ENTERPRISE = {"anyOf": [
+_TEAM_OR_ENTERPRISE: JsonDict = {"anyOf": [
     {"required": ["team_id"], "properties": {"team_id": {"type": "string"}}},
     {"required": ["enterprise_id"], "properties": {"enterprise_id": {"type": "string"}}},
 ]}

@@ -108,7 +108,7 @@ def test_the_user_can_do_nothing_else(acl_redis: tuple[RedisProcess, redis.Redis
                           lambda: user.config_get("*"), lambda: user.keys("*"),
                           lambda: user.get("sessions:U1"), lambda: user.set("other:key", "x"),
                           lambda: user.execute_command("ACL", "LIST"),
-                          lambda: user.publish("bull:channel", "x"),
+                          lambda: user.publish("other:channel", "x"),
                           lambda: user.execute_command("SHUTDOWN")):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 forbidden()

@@ -294,9 +294,9 @@ class WorkerRuntime:
         await self.slack_session.close()
         if self.waits is not None:
             await self.waits.close()
-        await self.client.aclose()
-        if self.tokens is not None:
+        if self.tokens is not None:  # first: its change feed listens on the client's pool
             await self.tokens.close()
+        await self.client.aclose()
         return time.monotonic() - started
 
 

@@ -4,7 +4,9 @@ The installation is the one the envelope was delivered for: `authorizations[0]` 
 (Bolt's rule: it beats the top-level ids in shared channels), the team/enterprise of a command or
 an interaction. An org-wide install is found by its enterprise id (`team_id` None).
 
-Bot tokens are cached per process for `SLACKQ_INSTALLATION_CACHE_SECONDS`. With token rotation
+Bot tokens are cached per process for `SLACKQ_INSTALLATION_CACHE_SECONDS`; an uninstall or a
+revoked bot token is announced to every process, which drops the token at once
+(worker/installation_changes.py). With token rotation
 on, a token due to expire within `SLACK_TOKEN_REFRESH_SECONDS` is refreshed under a Redis lock
 (one refresher per installation across all worker processes; Slack's refresh tokens are
 single-use): the lock holder re-reads the store, refreshes only if it is still due, and saves;
@@ -41,6 +43,7 @@ from worker.errors import (
     SlackTransientError,
     TransientError,
 )
+from worker.installation_changes import InstallationChanges
 
 log = structlog.get_logger(__name__)
 
@@ -113,6 +116,13 @@ class WorkspaceTokens:
         self.cache_seconds = cache_seconds
         self.refresh_seconds = refresh_seconds
         self._cache: dict[Key, _Cached] = {}
+        # Uninstalls and revocations reach the other processes' caches at once (`listen()`).
+        self.changes = InstallationChanges(redis, lock_prefix, forget=self.forget,
+                                           forget_all=self._cache.clear)
+
+    def listen(self) -> None:
+        """Drop cached tokens when another process announces a change (worker processes)."""
+        self.changes.start()
 
     async def token_for(self, envelope: Envelope) -> str:
         """The bot token of the envelope's installation; `NoInstallation` when there is none."""
@@ -134,6 +144,7 @@ class WorkspaceTokens:
         key = installation_key(envelope)
         await self._write(self.store.async_delete_all(enterprise_id=key[0], team_id=key[1]))
         self.forget(key)
+        await self.changes.announce(key)
         return key
 
     async def revoke(self, envelope: Envelope, *, user_ids: list[str], bot: bool) -> Key:
@@ -145,9 +156,12 @@ class WorkspaceTokens:
         if bot:
             await self._write(self.store.async_delete_bot(enterprise_id=key[0], team_id=key[1]))
         self.forget(key)
+        if bot:  # the cache holds bot tokens only
+            await self.changes.announce(key)
         return key
 
     async def close(self) -> None:
+        await self.changes.close()
         await self.db.close()
 
     def _due(self, bot: Bot) -> bool:
@@ -248,6 +262,8 @@ async def open_workspace_tokens(settings: Settings, redis: aioredis.Redis) -> Wo
     rotator = AsyncTokenRotator(client_id=settings.slack_client_id,
                                 client_secret=settings.client_secret(),
                                 client=OAuthClient(settings.slack_api_url))
-    return WorkspaceTokens(db, rotator, redis, lock_prefix=settings.queue_prefix,
-                           cache_seconds=settings.installation_cache_seconds,
-                           refresh_seconds=settings.slack_token_refresh_seconds)
+    tokens = WorkspaceTokens(db, rotator, redis, lock_prefix=settings.queue_prefix,
+                             cache_seconds=settings.installation_cache_seconds,
+                             refresh_seconds=settings.slack_token_refresh_seconds)
+    tokens.listen()
+    return tokens
