@@ -112,7 +112,8 @@ class Settings(BaseSettings):
     installation_cache_seconds: float = Field(
         default=10.0, ge=0, le=3600, validation_alias="SLACKQ_INSTALLATION_CACHE_SECONDS",
         description="How long a worker process reuses a workspace's bot token before reading "
-                    "the installation store again. `0` reads it for every job.")
+                    "the installation store again (an uninstall drops it at once in every "
+                    "worker, announced over Redis pub/sub). `0` reads it for every job.")
     slack_api_url: str = Field(
         default="https://slack.com/api/",
         description="Base URL of the Slack Web API. Point it at a local stand-in to run "
