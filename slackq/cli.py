@@ -182,12 +182,19 @@ COMMANDS: dict[str, Callable[[Ops, argparse.Namespace], Awaitable[int]]] = {
 }
 
 
+NAME_LIMIT = 100  # a team or org name in a listing line
+
+
 def _installation_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     for row in rows:
-        where = (f"org {row['enterprise_id']} ({row['enterprise_name'] or '-'})" if row["org_wide"]
-                 else f"team {row['team_id']} ({row['team_name'] or '-'})"
-                 + (f" in {row['enterprise_id']}" if row["enterprise_id"] else ""))
+        # Ids and names come from Slack's answer (the installing org chose the names): each is
+        # escaped for the terminal and bounded, so one row stays one line.
+        ids = {key: shown(str(row[key] or "-"), NAME_LIMIT) for key in
+               ("enterprise_id", "enterprise_name", "team_id", "team_name")}
+        where = (f"org {ids['enterprise_id']} ({ids['enterprise_name']})" if row["org_wide"]
+                 else f"team {ids['team_id']} ({ids['team_name']})"
+                 + (f" in {ids['enterprise_id']}" if row["enterprise_id"] else ""))
         expiry = (f"token expires {row['token_expires_at']}" if row["token_expires_at"]
                   else "token does not expire")
         lines.append(redact(f"{where}  installed {row['installed_at']}  {expiry}"))

@@ -192,3 +192,14 @@ def test_a_bad_token_key_is_named() -> None:
     with pytest.raises(ConfigError, match="SLACKQ_TOKEN_KEY"):
         open_db(store_settings("sqlite:////tmp/never.db", "not-a-fernet-key"))
     assert Fernet(token_key().encode())  # the helper's keys are valid
+
+
+def test_listed_names_are_escaped_for_the_terminal() -> None:
+    from slackq.cli import _installation_lines
+
+    hostile = {"enterprise_id": "E1", "enterprise_name": "\x1b]0;pwned\x07Org\nfake line",
+               "team_id": None, "team_name": None, "org_wide": True, "installed_at": "2026",
+               "token_expires_at": None}
+    [line] = _installation_lines([hostile])
+    assert "\x1b" not in line and "\n" not in line and "\x07" not in line
+    assert line.startswith("org E1 (\\x1b]0;pwned\\x07Org\\nfake line)")
