@@ -29,6 +29,7 @@ from tests.workspace_support import (
     multi_settings,
     org_lifecycle_event,
     org_mention,
+    raw_store,
 )
 from worker.handlers import default_registry
 from worker.limiter import Limits
@@ -224,6 +225,10 @@ async def test_a_rotating_token_is_refreshed_once_ahead_of_expiry(
     [new] = fake_slack.issued_tokens
     assert set(fake_slack.tokens_used("chat.postMessage")) == {new}
     assert fake_slack.reused_refresh_tokens == []
+    stored = await raw_store(multi)  # the rotator's save went through the encrypting column
+    assert "T0R" in stored
+    for secret in (new, refresh, "xoxe", "xoxb"):
+        assert secret not in stored
 
 
 @pytest.mark.parametrize(("envelope", "key"), [

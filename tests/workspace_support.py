@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from slack_sdk.oauth.installation_store import Installation
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from slackq.installations import open_db
 from slackq.settings import Settings
@@ -77,3 +80,23 @@ def org_lifecycle_event(event_id: str, enterprise: str, event: dict[str, Any],
                                        "user_id": "U0BOT", "is_bot": True,
                                        "is_enterprise_install": True}]
     return envelope
+
+
+async def raw_store(settings: Settings) -> str:
+    """Everything the store holds, as the database holds it: each row of both tables read
+    without the decrypting column type, and for SQLite the bytes of the file and its WAL."""
+    db = open_db(settings)
+    out: list[str] = []
+    try:
+        async with db.engine.connect() as conn:
+            for table in ("slack_installations", "slack_bots"):
+                rows = (await conn.execute(text(f"SELECT * FROM {table}"))).all()
+                out += [str(value) for row in rows for value in row]
+    finally:
+        await db.close()
+    url = make_url(settings.database())
+    if url.drivername.startswith("sqlite"):
+        for path in (Path(str(url.database)), Path(f"{url.database}-wal")):
+            if path.exists():
+                out.append(path.read_bytes().decode("latin-1"))
+    return "\n".join(out)
