@@ -147,6 +147,8 @@ async def test_an_uninstall_in_one_process_empties_the_others_cache(
     for line in events(bystander, "job_failed_permanently"):
         assert str(line["reason"]).startswith("no_installation")
     assert fake_slack.tokens_used("chat.postMessage").count(TOKEN_A) == used_before
+    logs = "".join(proc.output() for proc in procs)
+    assert TOKEN_A not in logs and TOKEN_B not in logs and "xoxb-" not in logs
 
 
 async def test_the_feed_forgets_every_token_when_it_may_have_missed_a_change(
