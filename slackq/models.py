@@ -159,7 +159,7 @@ class InteractionPayload(SlackModel):
     actions: list[dict[str, Any]] | None = None
     view: dict[str, Any] | None = None
     callback_id: str | None = None
-    enterprise: dict[str, Any] | None = None
+    enterprise: dict[str, Any] | str | None = None  # `{"id": …}`, or the id (Bolt reads both)
     is_enterprise_install: bool | None = None
 
 

@@ -263,6 +263,8 @@ async def test_a_rotating_token_is_refreshed_once_ahead_of_expiry(
     ({"type": "view_submission", "team": None, "user": {"id": "U", "team_id": "T3"},
       "enterprise": {"id": "E2"}, "is_enterprise_install": True,
       "view": {"app_installed_team_id": "T4"}}, ("E2", None)),
+    ({"type": "block_actions", "team": None, "user": {"id": "U", "team_id": "T3"},
+      "enterprise": "E3", "is_enterprise_install": True}, ("E3", None)),
     ({"type": "view_submission", "team": {"id": "T1"}, "user": {"id": "U"},
       "view": {"app_installed_team_id": "T4"}}, (None, "T4")),
 ])

@@ -90,7 +90,9 @@ def _event_ids(envelope: EventCallback) -> tuple[str | None, str | None, bool]:
 
 def _interaction_ids(payload: InteractionPayload) -> tuple[str | None, str | None, bool]:
     team_extra = payload.team.model_extra or {} if payload.team else {}
-    enterprise = (payload.enterprise or {}).get("id") or team_extra.get("enterprise_id")
+    org = payload.enterprise
+    enterprise = ((org if isinstance(org, str) else (org or {}).get("id"))
+                  or team_extra.get("enterprise_id"))
     view = payload.view or {}
     team = (view.get("app_installed_team_id") or (payload.team.id if payload.team else None)
             or payload.user.team_id)
