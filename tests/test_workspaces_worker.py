@@ -11,10 +11,12 @@ import pytest
 import redis.asyncio as aioredis
 from bullmq import Queue
 from pydantic import ValidationError
+from sqlalchemy import text
 
 from harness.slack_standin import FakeSlack, Grant, slack_error
 from slackq.contract import JobOptions
 from slackq.embedded import RedisProcess
+from slackq.installations import open_db
 from slackq.models import parse_envelope
 from slackq.settings import Settings
 from tests.databases import db_url, pg_database, token_key  # noqa: F401 - fixtures
@@ -31,11 +33,12 @@ from tests.workspace_support import (
     org_mention,
     raw_store,
 )
+from worker.errors import TransientError
 from worker.handlers import default_registry
 from worker.limiter import Limits
 from worker.registry import HandlerRegistry, JobContext
 from worker.runner import WorkerOptions, WorkerRuntime, start_worker
-from worker.tokens import installation_key
+from worker.tokens import installation_key, open_workspace_tokens
 
 JOBS = JobOptions.from_settings(Settings.model_construct())
 TOKEN_A, TOKEN_B, TOKEN_ORG = ("xoxb-A-not-real", "xoxb-B-not-real", "xoxb-ORG-not-real")
@@ -304,3 +307,56 @@ async def test_an_org_wide_uninstall_naming_the_org_only_removes_the_org_install
     await ends(aclient, multi, after_workspace, "completed")
     assert (await reason(aclient, multi, after_org)).startswith("no_installation")
     assert fake_slack.tokens_used("chat.postMessage") == [TOKEN_ORG, TOKEN_A]
+
+
+# A store that refuses to save a bot (the database's own refusal, by a trigger), and back.
+REFUSE_SAVES = {
+    "sqlite": ["CREATE TRIGGER refuse_bots BEFORE UPDATE ON slack_bots "
+               "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"],
+    "postgresql": ["CREATE FUNCTION refuse_bots() RETURNS trigger LANGUAGE plpgsql AS "
+                   "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
+                   "CREATE TRIGGER refuse_bots BEFORE UPDATE ON slack_bots FOR EACH ROW "
+                   "EXECUTE FUNCTION refuse_bots()"],
+}
+ACCEPT_SAVES = {"sqlite": ["DROP TRIGGER refuse_bots"],
+                "postgresql": ["DROP TRIGGER refuse_bots ON slack_bots",
+                               "DROP FUNCTION refuse_bots()"]}
+
+
+async def store_ddl(settings: Settings, statements: list[str]) -> None:
+    db = open_db(settings)
+    try:
+        async with db.engine.begin() as conn:
+            for statement in statements:
+                await conn.execute(text(statement))
+    finally:
+        await db.close()
+
+
+async def test_a_refresh_the_store_refuses_is_held_and_its_refresh_token_never_sent_again(
+        multi: Settings, aclient: aioredis.Redis, fake_slack: FakeSlack,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("worker.tokens.SAVE_RETRY_SECONDS", 0.0)
+    refresh = fake_slack.grant_refresh_token(Grant(team_id="T0R"))
+    await install(multi, team="T0R", token="xoxe.xoxb-1-old-not-real", refresh_token=refresh,
+                  expires_in=30)  # due at once
+    backend = "sqlite" if multi.database().startswith("sqlite") else "postgresql"
+    await store_ddl(multi, REFUSE_SAVES[backend])
+    first = await open_workspace_tokens(multi, aclient)  # two worker processes' stores
+    second = await open_workspace_tokens(multi, aclient)
+    envelope = parse_envelope(mention("Ev0H1", "T0R"))
+    try:
+        new = await first.token_for(envelope)  # Slack rotated it; the store refused the save
+        assert new == fake_slack.issued_tokens[0]
+        with pytest.raises(TransientError, match="holds the refreshed token"):
+            await second.token_for(envelope)  # it must not send the spent refresh token
+        assert await first.token_for(envelope) == new  # held: its jobs go on
+        await store_ddl(multi, ACCEPT_SAVES[backend])
+        assert await first.token_for(envelope) == new  # saved now
+        assert await second.token_for(envelope) == new  # read from the store
+    finally:
+        await first.close()
+        await second.close()
+    assert len(fake_slack.calls_to("oauth.v2.access")) == 1
+    assert fake_slack.reused_refresh_tokens == []
+    assert new not in await raw_store(multi)

@@ -52,6 +52,11 @@ log = structlog.get_logger(__name__)
 LOCK_SECONDS = 30
 LOCK_WAIT_SECONDS = 15
 LOCK_POLL_SECONDS = 0.05  # how often a waiter tries the lock (redis-py polls; no pub/sub)
+# A refresh Slack accepted but the store refused is held by its process and saved on its next
+# lookup; meanwhile a marker stops the other processes sending the spent refresh token. Past
+# this, a process that died holding it is assumed gone (the installation must be made again).
+HELD_SECONDS = 3600
+SAVE_RETRY_SECONDS = 5.0  # how often a held refresh is offered to the store again
 # oauth.v2.access answers that no retry fixes: the installation must be made again.
 PERMANENT_REFRESH_ERRORS = frozenset({
     "invalid_refresh_token", "invalid_client_id", "bad_client_secret", "invalid_grant_type",
@@ -118,6 +123,8 @@ class WorkspaceTokens:
         self.cache_seconds = cache_seconds
         self.refresh_seconds = refresh_seconds
         self._cache: dict[Key, _Cached] = {}
+        # Refreshed at Slack, not yet in the store: the pair, and when to try saving it again.
+        self._unsaved: dict[Key, tuple[Bot, float]] = {}
         # Uninstalls and revocations reach the other processes' caches at once (`listen()`).
         self.changes = InstallationChanges(redis, lock_prefix, forget=self.forget,
                                            forget_all=self._cache.clear)
@@ -129,7 +136,7 @@ class WorkspaceTokens:
     async def token_for(self, envelope: Envelope) -> str:
         """The bot token of the envelope's installation; `NoInstallation` when there is none."""
         key = installation_key(envelope)
-        bot = await self._bot(key)
+        bot = await self._save_unsaved(key) if key in self._unsaved else await self._bot(key)
         if self._due(bot):
             bot = await self._refresh(key)
         assert bot.bot_token is not None  # find_bot only returns rows with one
@@ -140,6 +147,7 @@ class WorkspaceTokens:
         refused by Slack)."""
         key = what if isinstance(what, tuple) else installation_key(what)
         self._cache.pop(key, None)
+        self._unsaved.pop(key, None)
 
     async def uninstall(self, envelope: Envelope) -> Key:
         """`app_uninstalled`: every installation and bot of the workspace (or org) goes."""
@@ -191,9 +199,12 @@ class WorkspaceTokens:
         if self.cache_seconds > 0:
             self._cache[key] = _Cached(bot, time.monotonic() + self.cache_seconds)
 
+    def _lock_name(self, key: Key) -> str:
+        return f"{self.lock_prefix}:slackq:token-refresh:{key[0] or '-'}:{key[1] or '-'}"
+
     async def _refresh(self, key: Key) -> Bot:
         """Refresh the token of `key` once across all processes; the current bot after it."""
-        name = f"{self.lock_prefix}:slackq:token-refresh:{key[0] or '-'}:{key[1] or '-'}"
+        name = self._lock_name(key)
         lock = self.redis.lock(name, timeout=LOCK_SECONDS, sleep=LOCK_POLL_SECONDS,
                                blocking_timeout=LOCK_WAIT_SECONDS)
         try:
@@ -206,14 +217,16 @@ class WorkspaceTokens:
             bot = await self._bot(key, fresh=True)  # another process may have refreshed it
             if not self._due(bot):
                 return bot
+            if await self._held_elsewhere(name):
+                raise TransientError("token refresh: another worker holds the refreshed token "
+                                     "until the installation store accepts it")
             refreshed = await self._rotate(bot)
             try:
                 await self.store.async_save_bot(refreshed)
             except (SQLAlchemyError, OSError, StoreError) as exc:
-                # The old refresh token is spent: the installation must be made again.
-                log.error("token_refresh_not_saved", enterprise_id=key[0], team_id=key[1],
-                          error=_reason(exc))
-                raise TransientError(f"saving a refreshed token: {_reason(exc)}") from exc
+                # The old refresh token is spent: keep the answer, save it on the next lookup.
+                await self._hold(key, refreshed, exc)
+                return refreshed
             self._remember(key, refreshed)
             log.info("token_refreshed", enterprise_id=key[0], team_id=key[1],
                      expires_at=refreshed.bot_token_expires_at)
@@ -221,6 +234,40 @@ class WorkspaceTokens:
         finally:
             with contextlib.suppress(LockError, RedisError):
                 await lock.release()
+
+    async def _held_elsewhere(self, lock_name: str) -> bool:
+        try:
+            return bool(await self.redis.exists(f"{lock_name}:held"))
+        except RedisError as exc:
+            raise RedisTransientError(f"token refresh marker: {type(exc).__name__}") from exc
+
+    async def _hold(self, key: Key, refreshed: Bot, exc: BaseException) -> None:
+        """Slack rotated the token but the store refused it: this process keeps the new pair
+        (the token works) and marks the installation so that no process sends the spent
+        refresh token; `_save_unsaved` saves it when the store accepts writes again."""
+        self._unsaved[key] = (refreshed, time.monotonic() + SAVE_RETRY_SECONDS)
+        log.error("token_refresh_not_saved", enterprise_id=key[0], team_id=key[1],
+                  error=_reason(exc), held_by_this_process=True)
+        with contextlib.suppress(RedisError):  # without it, the status quo: see HELD_SECONDS
+            await self.redis.set(f"{self._lock_name(key)}:held", "1", ex=HELD_SECONDS)
+
+    async def _save_unsaved(self, key: Key) -> Bot:
+        bot, retry_at = self._unsaved[key]
+        if time.monotonic() < retry_at:
+            return bot
+        try:
+            await self.store.async_save_bot(bot)
+        except (SQLAlchemyError, OSError, StoreError):
+            # Still refused: the token is good; a lookup after SAVE_RETRY_SECONDS tries again.
+            self._unsaved[key] = (bot, time.monotonic() + SAVE_RETRY_SECONDS)
+            return bot
+        self._unsaved.pop(key, None)
+        self._remember(key, bot)
+        with contextlib.suppress(RedisError):  # else the marker expires by itself
+            await self.redis.delete(f"{self._lock_name(key)}:held")
+        log.info("token_refresh_saved", enterprise_id=key[0], team_id=key[1],
+                 expires_at=bot.bot_token_expires_at)
+        return bot
 
     async def _rotate(self, bot: Bot) -> Bot:
         # The rotator decides in whole minutes: ask it for at least our margin.
