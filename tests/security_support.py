@@ -15,9 +15,10 @@ from pathlib import Path
 
 import redis
 
+from harness.procfile import procfile_stack as harness_stack
 from harness.slack_standin import FakeSlack
 from slackq.embedded import RedisProcess, free_port
-from tests.processes import Proc, process_env, wait_http_ok
+from tests.processes import Proc, process_env
 from tests.slack_requests import BOT_TOKEN, SIGNING_SECRET
 
 
@@ -110,18 +111,9 @@ def procfile_stack(redis_url: str, fake_slack: FakeSlack, log_dir: Path,
 
     One worker process unless `extra_env` sets WORKER_PROCESSES (the machine is shared).
     """
-    port = free_port()
-    env = process_env(REDIS_URL=redis_url, SLACK_SIGNING_SECRET=SIGNING_SECRET,
-                      SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_API_URL=fake_slack.base_url,
-                      PORT=str(port), **{"WORKER_PROCESSES": "1", **extra_env})
-    web, worker = Proc("web", env, log_dir), Proc("worker", env, log_dir)
-    try:
-        wait_http_ok(f"http://127.0.0.1:{port}/health", proc=web)
-        worker.wait_for_output("worker_started")
-        yield f"http://127.0.0.1:{port}", web, worker
-    finally:
-        worker.stop()
-        web.stop()
+    with harness_stack(redis_url, fake_slack.base_url, log_dir, secret=SIGNING_SECRET,
+                       token=BOT_TOKEN, env=extra_env, start_timeout=20.0) as stack:
+        yield stack.base, stack.web, stack.worker
 
 
 def start_fails(name: str, redis_url: str, log_dir: Path, timeout: float = 30) -> tuple[int, str]:
