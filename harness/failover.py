@@ -23,26 +23,18 @@ from the fault to the first stored and first completed job.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
 import itertools
 import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
-
+from harness.procfile import procfile_stack
 from harness.slack_standin import FakeSlack
 from harness.topology import SentinelTopology, ask
-from slackq.embedded import PROJECT_ROOT, free_port
+from harness.webhook_traffic import EventTraffic, event_ts, tally
 
 SECRET = "failover-campaign-signing-secret"
 TOKEN = "xoxb-fake"
@@ -61,72 +53,6 @@ class FailoverConfig:
     worker_processes: int = 2
 
 
-def _signed(body: bytes) -> dict[str, str]:
-    stamp = str(int(time.time()))
-    digest = hmac.new(SECRET.encode(), f"v0:{stamp}:".encode() + body, hashlib.sha256)
-    return {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": f"v0={digest.hexdigest()}",
-            "Content-Type": "application/json"}
-
-
-def _event(index: int) -> bytes:
-    ts = f"1700000000.{index:06d}"
-    return json.dumps({
-        "type": "event_callback", "team_id": "T0CAMPAIGN", "api_app_id": "A0CAMPAIGN",
-        "event_id": f"Ev0FO{index:06d}", "event_time": 1700000000,
-        "event": {"type": "app_mention", "user": "U0USER", "text": "<@U0BOT> hi", "ts": ts,
-                  "channel": "C0CAMPAIGN", "event_ts": ts},
-        "authorizations": [{"team_id": "T0CAMPAIGN", "user_id": "U0BOT", "is_bot": True}],
-    }, separators=(",", ":")).encode()
-
-
-@dataclass
-class Traffic:
-    """Signed events from a thread at a fixed rate; what each got and when."""
-
-    base: str
-    rate: float
-    sent: list[tuple[int, float, int, float]] = field(default_factory=list)  # i, at, status, s
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        index = 0
-        with httpx.Client() as client:
-            while not self.stop.is_set():
-                index += 1
-                at, body = time.monotonic(), _event(index)
-                try:
-                    status = client.post(f"{self.base}/slack/events", content=body,
-                                         headers=_signed(body), timeout=5).status_code
-                except httpx.HTTPError:
-                    status = 0
-                self.sent.append((index, at, status, time.monotonic() - at))
-                self.stop.wait(max(0.0, 1 / self.rate - (time.monotonic() - at)))
-
-    def acked(self, since: float = 0.0) -> list[int]:
-        return [i for i, at, status, _ in self.sent if status == 200 and at >= since]
-
-
-class Dyno:
-    """One Procfile process (`python -m producers` / `python -m worker`), output to a file."""
-
-    def __init__(self, module: str, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._out = log.open("wb")
-        self.popen = subprocess.Popen([sys.executable, "-m", module], cwd=PROJECT_ROOT, env=env,
-                                      stdout=self._out, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout=10)
-        self._out.close()
-
-
 def _wait(condition: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -135,99 +61,75 @@ def _wait(condition: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def _dynos(url: str, slack: FakeSlack, config: FailoverConfig,
-           work: Path) -> tuple[str, list[Dyno]]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "REDIS_"))}
-    env.update(REDIS_URL=url, SLACK_SIGNING_SECRET=SECRET, SLACK_BOT_TOKEN=TOKEN,
-               SLACK_API_URL=slack.base_url, PORT=str(port), ACK_DURABILITY=config.ack,
-               WORKER_PROCESSES=str(config.worker_processes), LOG_FORMAT="json",
-               WORKER_RATE_PER_CHANNEL="0", WORKER_RATE_PER_TEAM="0")
-    dynos = [Dyno("producers", env, work / "web.log"), Dyno("worker", env, work / "worker.log")]
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{base}/health", timeout=1).status_code == 200 and \
-                b"worker_started" in (work / "worker.log").read_bytes()
-        except httpx.HTTPError:
-            return False
-
-    _wait(healthy, 60, "the web and worker processes to start")
-    return base, dynos
-
-
 def run_failover(config: FailoverConfig, work: Path) -> dict[str, Any]:
     """One campaign in `work` (topology data, process logs); returns the report."""
     topology = SentinelTopology(work / "topology",
                                 partitionable=config.fault == "partition").start()
     slack = FakeSlack().start()
-    dynos: list[Dyno] = []
+    env = {"ACK_DURABILITY": config.ack, "WORKER_PROCESSES": str(config.worker_processes),
+           "WORKER_RATE_PER_CHANNEL": "0", "WORKER_RATE_PER_TEAM": "0"}
     try:
-        base, dynos = _dynos(topology.url, slack, config, work)
-        traffic = Traffic(base, config.rate)
-        sender = threading.Thread(target=traffic.run, daemon=True)
-        sender.start()
-        try:
-            _wait(lambda: len(traffic.acked()) >= config.before, config.deadline,
-                  f"{config.before} events acknowledged before the fault")
-            old = (topology.partition_primary() if config.fault == "partition"
-                   else topology.kill_primary())
-            fault_at, fault_wall = time.monotonic(), time.time()  # the fault is complete
-            topology.wait_failover(old.port)
+        with procfile_stack(topology.url, slack.base_url, work, secret=SECRET, token=TOKEN,
+                            env=env) as dynos:
+            # Bounded: the two waits below give up after `deadline` each.
+            traffic = EventTraffic(dynos.base, SECRET, config.rate,
+                                   int(config.rate * 3 * config.deadline), id_prefix="Ev0FO")
+            traffic.start()
+            try:
+                _wait(lambda: len(traffic.acked()) >= config.before, config.deadline,
+                      f"{config.before} events acknowledged before the fault")
+                old = (topology.partition_primary() if config.fault == "partition"
+                       else topology.kill_primary())
+                fault_at, fault_wall = time.monotonic(), time.time()  # the fault is complete
+                topology.wait_failover(old.port)
+                if config.fault == "partition":
+                    time.sleep(config.partition_seconds)  # the fault's length, not a wait
+                    topology.heal()
+                _wait(lambda: len(traffic.acked(fault_at)) >= config.after, config.deadline,
+                      f"{config.after} events acknowledged after the fault")
+            finally:
+                traffic.finish()
             if config.fault == "partition":
-                time.sleep(config.partition_seconds)  # the fault's length, not a wait for a state
-                topology.heal()
-            _wait(lambda: len(traffic.acked(fault_at)) >= config.after, config.deadline,
-                  f"{config.after} events acknowledged after the fault")
-        finally:
-            traffic.stop.set()
-            sender.join(10)
-        if config.fault == "partition":
-            _wait(lambda: topology.replica_in_sync(old), config.deadline,
-                  "the old primary to rejoin as a replica")
-        return _report(config, topology, slack, traffic, fault_at, fault_wall)
+                _wait(lambda: topology.replica_in_sync(old), config.deadline,
+                      "the old primary to rejoin as a replica")
+            return _report(config, topology, slack, traffic, fault_at, fault_wall)
     finally:
-        for dyno in reversed(dynos):
-            dyno.stop()
         slack.stop()
         topology.stop()
 
 
 def _report(config: FailoverConfig, topology: SentinelTopology, slack: FakeSlack,
-            traffic: Traffic, fault_at: float, fault_wall: float) -> dict[str, Any]:
+            traffic: EventTraffic, fault_at: float, fault_wall: float) -> dict[str, Any]:
     acked = traffic.acked()
-    expected = {f"1700000000.{i:06d}" for i in acked}
+    expected = {event_ts(i) for i in acked}
 
     def replies() -> list[str]:
         return [str(c.args.get("thread_ts")) for c in slack.calls_to("chat.postMessage")]
 
-    last = f"1700000000.{acked[-1]:06d}"
     try:  # every acked event's reply, or at least the last one's
         _wait(lambda: expected <= set(replies()), 30, "a reply to every acked event")
     except TimeoutError:
-        _wait(lambda: last in replies(), 30, "a reply to the last acked event")
-    final = replies()
+        _wait(lambda: event_ts(acked[-1]) in replies(), 30, "a reply to the last acked event")
+    counted = tally(traffic.sent, replies())
     primary = topology.primary_port()
     assert primary is not None
     node = topology.node(primary)
     records = set(_job_ids(node.host, node.port))
-    times = [at for _, at, status, _ in traffic.sent if status == 200]
-    seconds = sorted(s for _, _, status, s in traffic.sent if status == 200)
+    ok = sorted((s for s in traffic.sent if s.status == 200), key=lambda s: s.at)
+    seconds = sorted(s.seconds for s in ok)
     # Jobs of requests sent after the fault: when the first was stored (its 200 came back) and
     # when the first was completed (its reply reached the stand-in).
-    sent_after = {f"1700000000.{i:06d}": at + s for i, at, status, s in traffic.sent
-                  if status == 200 and at > fault_at}
+    sent_after = {event_ts(s.index): s.answered_at for s in ok if s.at > fault_at}
     completed = [c.at for c in slack.calls_to("chat.postMessage")
                  if c.args.get("thread_ts") in sent_after]
     return {
-        "fault": config.fault, "ack_durability": config.ack, "acked": len(acked),
-        "lost": len(expected - set(final)),
+        "fault": config.fault, "ack_durability": config.ack, "sent": counted.sent,
+        "acked": counted.acked, "lost": len(counted.lost),
         "records_lost": sum(1 for i in acked if f"Ev0FO{i:06d}" not in records),
-        "duplicates": len(final) - len(set(final)),
-        "not_acked": sum(1 for _, _, status, _ in traffic.sent if status != 200),
-        "unavailable_s": round(max((b - a for a, b in itertools.pairwise(times)),
+        "duplicates": counted.duplicates, "not_acked": counted.non_200,
+        "unavailable_s": round(max((b.at - a.at for a, b in itertools.pairwise(ok)),
                                    default=0.0), 3),
+        "refused_s": round(counted.unavailable_s, 3),
         "ack_p99_ms": round(seconds[int(0.99 * (len(seconds) - 1))] * 1000, 1),
         "fault_to_first_stored_s": round(min(sent_after.values()) - fault_at, 3),
         "fault_to_first_completed_s": round(min(completed) - fault_wall, 3) if completed
