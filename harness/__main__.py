@@ -5,6 +5,8 @@
     python -m harness check WORK_DIR/ledger --mode crash
     python -m harness topology sentinel   # primary, 2 replicas, 3 sentinels; prints REDIS_URL
     python -m harness failover --fault kill|partition --ack memory|replicas:1   # end to end
+    python -m harness e2e --campaign crash|powerloss|maxmemory|sigstop|control|all \
+        [--rate N --seconds S] [--topology sentinel]   # the Procfile's processes under faults
 
 Exit status: 0 when the verdict is pass, 1 when it is fail, 2 on a usage or set-up error,
 3 when the mode cannot run here (e.g. powerloss without FUSE; the reason is printed).
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from harness.campaign import CampaignConfig, run_campaign
 from harness.checker import CheckInput, check
+from harness.e2e_cli import main as e2e_main
 from harness.errors import BackendUnavailable, DurabilityError
 from harness.failover import main as failover_main
 from harness.ledger import read_ledger
@@ -76,6 +79,8 @@ def main(argv: list[str]) -> int:
         return serve(argv[1:])
     if argv[:1] == ["failover"]:
         return failover_main(argv[1:])
+    if argv[:1] == ["e2e"]:
+        return e2e_main(argv[1:])
     args = run_parser().parse_args(argv)
     configure_logging("console", args.log_level)
     config = CampaignConfig(

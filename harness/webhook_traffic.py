@@ -75,6 +75,7 @@ class EventTraffic:
     rate: float
     count: int
     id_prefix: str = "Ev0E2E"
+    first: int = 1  # the first event's index
     sent: list[Sent] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     started_at: float | None = None
@@ -106,8 +107,8 @@ class EventTraffic:
             start = loop.time()
             self.started_at = time.monotonic()
             tasks: set[asyncio.Task[None]] = set()
-            for index in range(1, self.count + 1):
-                delay = start + (index - 1) / self.rate - loop.time()
+            for index in range(self.first, self.first + self.count):
+                delay = start + (index - self.first) / self.rate - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)  # the schedule, not a wait for an effect
                 if self.stop.is_set():
@@ -175,9 +176,12 @@ class Tally:
                 "unavailable_s": round(self.unavailable_s, 2)}
 
 
-def tally(sent: list[Sent], reply_thread_ts: Iterable[object]) -> Tally:
-    """Compare the answers with the replies (the `thread_ts` of each `chat.postMessage`)."""
-    replies = Counter(index for index in map(index_of, reply_thread_ts) if index is not None)
+def tally(sent: list[Sent], reply_thread_ts: Iterable[object],
+          indexes: range | None = None) -> Tally:
+    """Compare the answers with the replies (the `thread_ts` of each `chat.postMessage`);
+    with `indexes`, only the replies to those events count (one campaign of a series)."""
+    replies = Counter(index for index in map(index_of, reply_thread_ts)
+                      if index is not None and (indexes is None or index in indexes))
     acked = {s.index for s in sent if s.status == 200}
     return Tally(
         sent=len(sent), acked=len(acked),

@@ -39,8 +39,10 @@ MEMORY = Path("/dev/shm")
 
 
 @contextlib.contextmanager
-def memory_backed(keep: Path) -> Iterator[Path]:
-    """A campaign directory in RAM (tmpfs); its ledger and server log are copied to `keep`.
+def memory_backed(keep: Path, kept: tuple[str, ...] = ("ledger", "server.log"),
+                  ) -> Iterator[Path]:
+    """A campaign directory in RAM (tmpfs); its ledger and server log (`kept`) are copied to
+    `keep`.
 
     A shared CI disk makes the background fsync slow now and then. With `everysec` Redis then
     postpones its AOF write() (up to 2 s) but still replies, so a SIGKILL in that moment loses
@@ -55,7 +57,7 @@ def memory_backed(keep: Path) -> Iterator[Path]:
     try:
         yield root
     finally:
-        for name in ("ledger", "server.log"):
+        for name in kept:
             source = root / name
             if source.is_dir():
                 shutil.copytree(source, keep / name, dirs_exist_ok=True)
