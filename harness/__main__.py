@@ -5,7 +5,7 @@
     python -m harness check WORK_DIR/ledger --mode crash
     python -m harness topology sentinel   # primary, 2 replicas, 3 sentinels; prints REDIS_URL
     python -m harness failover --fault kill|partition --ack memory|replicas:1   # end to end
-    python -m harness e2e --campaign crash|powerloss|maxmemory|sigstop|control|all \
+    python -m harness e2e --campaign crash|down|powerloss|maxmemory|sigstop|control|all \
         [--rate N --seconds S] [--topology sentinel]   # the Procfile's processes under faults
 
 Exit status: 0 when the verdict is pass, 1 when it is fail, 2 on a usage or set-up error,

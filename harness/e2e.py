@@ -1,6 +1,6 @@
 """End-to-end campaigns: the product itself (webhook, batcher, worker, effect log) under faults.
 
-    python -m harness e2e --campaign crash|powerloss|maxmemory|sigstop|control|all \
+    python -m harness e2e --campaign crash|down|powerloss|maxmemory|sigstop|control|all \
         [--rate 20 --seconds 20] [--topology sentinel]
 
 One campaign: a harness-managed `redis-server` with the project's `redis.conf` (AOF everysec,
@@ -12,6 +12,8 @@ waiting), then the fault begins and Slack answers again, so that Slack accepts c
 Redis is broken:
 
 * `crash`: SIGKILL Redis, restart it at once on its data directory (it reloads the AOF);
+* `down`: the same, restarted after `outage` seconds of refused connections (longer than the
+  worker's command retry);
 * `powerloss`: SIGKILL, drop every byte not fsynced (`harness.powerloss`'s FUSE layer), restart;
 * `maxmemory`: `CONFIG SET maxmemory 1` (every write refused, noeviction) for `outage` seconds,
   then the previous value again;
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.held_slack import HeldSlack
-from harness.procfile import Stack, procfile_stack
+from harness.procfile import Proc, Stack, procfile_stack
 from harness.servers import resolve_binary
 from harness.traffic import TrafficConfig, drain, failed_jobs
 from harness.webhook_traffic import EventTraffic, Tally, event_ts, tally
@@ -48,12 +50,12 @@ from slackq.embedded import RedisProcess
 
 SECRET = "e2e-campaign-signing-secret"
 TOKEN = "xoxb-fake"
-CAMPAIGNS = ("crash", "powerloss", "maxmemory", "sigstop", "control")
+CAMPAIGNS = ("crash", "down", "powerloss", "maxmemory", "sigstop", "control")
 # Pacing would spread the replies over minutes: these campaigns are about Redis, not Slack.
 NO_PACING = {"WORKER_RATE_PER_CHANNEL": "0", "WORKER_RATE_PER_TEAM": "0"}
-# How long each fault lasts by default: the issue's 10 s of refused writes, and 30 s stopped,
-# well past the worker's connection retry (~15-20 s with the default 20 s job lock).
-OUTAGE = {"maxmemory": 10.0, "sigstop": 30.0}
+# How long each fault lasts by default: 10 s of refused writes; 30 s down or stopped, past the
+# job locks (20 s) and the worker's command retry (~1 s apart for about a lock's life).
+OUTAGE = {"down": 30.0, "maxmemory": 10.0, "sigstop": 30.0}
 # Campaign k of a series sends events k*100000+1, ...: message ts 1700000000.xxxxxx holds 6 digits.
 INDEXES_PER_CAMPAIGN = 100_000
 
@@ -139,6 +141,7 @@ def _campaign(config: E2EConfig, number: int, server: RedisProcess, disk: Any,
     if count >= INDEXES_PER_CAMPAIGN:
         raise ValueError(f"at most {INDEXES_PER_CAMPAIGN - 1} events per campaign")
     first = number * INDEXES_PER_CAMPAIGN + 1
+    logged = _log_lines(dynos.worker)
     traffic = EventTraffic(dynos.base, SECRET, config.rate, count, first=first).start()
     try:
         fault = _inject(config, server, disk, slack, traffic)
@@ -151,7 +154,16 @@ def _campaign(config: E2EConfig, number: int, server: RedisProcess, disk: Any,
     _alive_or_raise(dynos)
     replies = [call.args.get("thread_ts") for call in slack.fake.calls_to("chat.postMessage")]
     counted = tally(traffic.sent, replies, range(first, first + count))
-    return _report(config, traffic, counted, fault, left, len(failed))
+    report = _report(config, traffic, counted, fault, left, len(failed))
+    lines, errors = (now - then for now, then in zip(_log_lines(dynos.worker), logged,
+                                                     strict=True))
+    return {**report, "worker_log_lines": lines, "worker_error_lines": errors}
+
+
+def _log_lines(proc: Proc) -> tuple[int, int]:
+    """The worker's log so far: lines, and lines at level error (an error storm shows here)."""
+    lines = proc.output().splitlines()
+    return len(lines), sum(1 for line in lines if '"level": "error"' in line)
 
 
 def _without_aof(server: RedisProcess) -> None:
@@ -209,7 +221,7 @@ def _inject(config: E2EConfig, server: RedisProcess, disk: Any, slack: HeldSlack
 
 def _begin(campaign: str, server: RedisProcess) -> Callable[[], None]:
     """Begin the campaign's fault now; return what ends it."""
-    if campaign in ("crash", "powerloss", "control"):
+    if campaign in ("crash", "down", "powerloss", "control"):
         server.kill()
         return lambda: _restart(server)
     assert server.process is not None
@@ -290,7 +302,7 @@ def verdict(report: dict[str, Any]) -> tuple[str, str]:
 def quick(campaign: str, **changes: Any) -> E2EConfig:
     """A short campaign for CI: a few seconds of traffic, a 4 s job lock (the worker's command
     retry is sized from it), so that a 7 s SIGSTOP outlasts both."""
-    outage = {"maxmemory": 3.0, "sigstop": 7.0}.get(campaign, 0.0)
+    outage = {"down": 7.0, "maxmemory": 3.0, "sigstop": 7.0}.get(campaign, 0.0)
     # Traffic goes on 2 s past the fault: the table shows the webhook taking events again.
     config = E2EConfig(campaign=campaign, rate=20.0, seconds=1.0 + 1.0 + outage + 2.0,
                        fault_after=1.0, hold=1.0, outage=outage,

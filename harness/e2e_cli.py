@@ -1,6 +1,6 @@
 """`python -m harness e2e`: run end-to-end campaigns (`harness.e2e`) and print one table.
 
-    python -m harness e2e --campaign all                      # the five campaigns, ~3 min
+    python -m harness e2e --campaign all                      # the six campaigns, ~5 min
     python -m harness e2e --campaign sigstop --rate 50 --seconds 60 --outage 30
     python -m harness e2e --campaign crash --topology sentinel --ack replicas:1
 
@@ -26,7 +26,8 @@ COLUMNS = (("campaign", "campaign"), ("appendonly", "AOF"), ("sent", "sent"),
            ("acked", "acked"), ("lost", "lost"), ("duplicates", "dup"),
            ("non_200", "non-200"), ("unavailable_s", "unavail s"),
            ("pending_at_fault", "pending@fault"), ("lost_outside_window", "lost>window"),
-           ("window_bound", "window bound"), ("verdict", "verdict"), ("expected", "expected"))
+           ("window_bound", "window bound"), ("worker_error_lines", "worker errors"),
+           ("verdict", "verdict"), ("expected", "expected"))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,9 +37,10 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--campaign", choices=(*CAMPAIGNS, "all"), default="all")
     parser.add_argument("--rate", type=float, default=None, help="events per second (20)")
     parser.add_argument("--seconds", type=float, default=None,
-                        help="seconds of traffic (20; sigstop: 45)")
+                        help="seconds of traffic (20; down, sigstop: 45)")
     parser.add_argument("--outage", type=float, default=None,
-                        help="seconds the maxmemory/sigstop fault lasts (10/30)")
+                        help="seconds the fault lasts (down 30, maxmemory 10, sigstop 30, "
+                             "crash and powerloss 0: restarted at once)")
     parser.add_argument("--quick", action="store_true",
                         help="the CI sizes: a few seconds each, a 4 s job lock")
     parser.add_argument("--topology", choices=("single", "sentinel"), default="single")
@@ -52,8 +54,8 @@ def parser() -> argparse.ArgumentParser:
 
 def config_for(campaign: str, args: argparse.Namespace) -> E2EConfig:
     config = quick(campaign) if args.quick else E2EConfig(campaign=campaign)
-    if not args.quick and campaign == "sigstop":
-        config = replace(config, seconds=45.0)  # 30 s stopped, then traffic flows again
+    if not args.quick and campaign in ("down", "sigstop"):
+        config = replace(config, seconds=45.0)  # 30 s out, then traffic flows again
     changes = {name: value for name, value in (("rate", args.rate), ("seconds", args.seconds),
                                                ("outage", args.outage), ("server", args.server))
                if value is not None}
@@ -72,7 +74,8 @@ def run_sentinel(args: argparse.Namespace, work: Path) -> dict[str, Any]:
            "sent": report["sent"], "acked": report["acked"], "lost": report["lost"],
            "duplicates": report["duplicates"], "non_200": report["not_acked"],
            "unavailable_s": report["refused_s"], "pending_at_fault": "-",
-           "lost_outside_window": "-", "window_bound": "-", "expected": "pass"}
+           "lost_outside_window": "-", "window_bound": "-", "worker_error_lines": "-",
+           "expected": "pass"}
     row["verdict"] = "pass" if report["lost"] == 0 and report["duplicates"] == 0 else "fail"
     return {**row, "failover": report}
 
