@@ -151,7 +151,7 @@ def _campaign(config: E2EConfig, number: int, server: RedisProcess, disk: Any,
     queue = TrafficConfig(queue="slack-events", prefix="bull")
     left = asyncio.run(drain(server.url, queue, config.drain_timeout))
     failed = asyncio.run(failed_jobs(server.url, queue))
-    _alive_or_raise(dynos)
+    dynos.check_alive()
     replies = [call.args.get("thread_ts") for call in slack.fake.calls_to("chat.postMessage")]
     counted = tally(traffic.sent, replies, range(first, first + count))
     report = _report(config, traffic, counted, fault, left, len(failed))
@@ -244,13 +244,6 @@ def _begin(campaign: str, server: RedisProcess) -> Callable[[], None]:
 
 def _restart(server: RedisProcess) -> None:
     server.start(ready_timeout=60)
-
-
-def _alive_or_raise(dynos: Stack) -> None:
-    for proc in (dynos.web, dynos.worker):
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited {proc.popen.returncode} during the campaign:"
-                               f"\n{proc.output()[-3000:]}")
 
 
 def _report(config: E2EConfig, traffic: EventTraffic, counted: Tally, fault: Fault,

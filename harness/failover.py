@@ -50,6 +50,7 @@ class FailoverConfig:
     after: int = 40
     partition_seconds: float = 3.0
     deadline: float = 90.0
+    reply_wait: float = 60.0  # for every acked event's reply (then only the last one's, 30 s)
     worker_processes: int = 2
 
 
@@ -92,7 +93,9 @@ def run_failover(config: FailoverConfig, work: Path) -> dict[str, Any]:
             if config.fault == "partition":
                 _wait(lambda: topology.replica_in_sync(old), config.deadline,
                       "the old primary to rejoin as a replica")
-            return _report(config, topology, slack, traffic, fault_at, fault_wall)
+            report = _report(config, topology, slack, traffic, fault_at, fault_wall)
+            dynos.check_alive()  # the same web and worker processes rode out the fault
+            return report
     finally:
         slack.stop()
         topology.stop()
@@ -107,7 +110,8 @@ def _report(config: FailoverConfig, topology: SentinelTopology, slack: FakeSlack
         return [str(c.args.get("thread_ts")) for c in slack.calls_to("chat.postMessage")]
 
     try:  # every acked event's reply, or at least the last one's
-        _wait(lambda: expected <= set(replies()), 30, "a reply to every acked event")
+        _wait(lambda: expected <= set(replies()), config.reply_wait,
+              "a reply to every acked event")
     except TimeoutError:
         _wait(lambda: event_ts(acked[-1]) in replies(), 30, "a reply to the last acked event")
     counted = tally(traffic.sent, replies())

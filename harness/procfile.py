@@ -118,6 +118,13 @@ class Stack:
     web: Proc
     worker: Proc
 
+    def check_alive(self) -> None:
+        """Raise, with its output's tail, if either process has exited."""
+        for proc in (self.web, self.worker):
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited {proc.popen.returncode} during the "
+                                   f"run:\n{proc.output()[-3000:]}")
+
 
 @contextlib.contextmanager
 def procfile_stack(redis_url: str, slack_api_url: str, log_dir: Path, *, secret: str,
