@@ -1,0 +1,86 @@
+"""Latency section: add -> `completed` at a fixed 500 jobs/s, with the workers' and Redis'
+CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections import defaultdict
+
+from bench.common import NODE_DIR, median, percentile
+from bench.sections.core import (
+    ROOT,
+    Run,
+    base_env,
+    dyno_shape,
+    ratio,
+    server_cpu,
+    settle,
+    table,
+    workers,
+)
+from slackq.settings import usable_cpus
+
+
+def latency_probe(run: Run, queue_name: str, rate: float, seconds: float,
+                  warmup: float) -> list[float]:
+    """bench/node/latency.js: adds at `rate`/s (open loop), times each until `completed`.
+
+    The probe is the same program for every worker under test, and a light one (Node), so that
+    it perturbs the 2-core machine as little as possible.
+    """
+    argv = ["node", str(NODE_DIR / "latency.js"), run.url, queue_name, str(rate), str(seconds),
+            str(warmup), run.tag()]
+    out = subprocess.run(argv, env=base_env(run), capture_output=True, text=True, check=False,
+                         cwd=ROOT, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"latency probe failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["lost"]:
+        run.print(f"- {queue_name}: {result['lost']} jobs not completed 10 s after the last add")
+    return [float(v) for v in result["latencies_ms"]]
+
+
+def section_latency(run: Run) -> None:
+    """Latency and CPU at a fixed 500 jobs/s; each worker `run.reps` times, workers interleaved.
+
+    CPU is per job added (the probe adds rate * seconds jobs, the warm-up included), times the
+    rate: the probe's start-up and tail, when no job arrives, do not dilute it.
+    """
+    rate, seconds, warmup = 500.0, max(3.0, 8.0 * run.scale), 1.0
+    # One slackq process next to the dyno: at a trickle the dyno's second process costs CPU.
+    impls = ["node", "port", "slackq", "dyno"]
+    concurrency = 10
+    jobs = int(rate * seconds)
+    samples: dict[str, dict[str, list[float]]] = {impl: defaultdict(list) for impl in impls}
+    for _ in range(run.reps):
+        for impl in impls:
+            with workers(run, [impl], concurrency) as started:
+                worker = started[impl]
+                time.sleep(0.5)
+                cpu_before, server_before = worker.cpu_seconds(), server_cpu(run)
+                latencies = latency_probe(run, f"q-{impl}-{concurrency}", rate, seconds, warmup)
+                cpu = (worker.cpu_seconds() - cpu_before) / jobs * rate * 100
+                redis_cpu = (server_cpu(run) - server_before) / jobs * rate * 100
+            settle(run)
+            for key, value in (("p50", percentile(latencies, 0.5)),
+                               ("p99", percentile(latencies, 0.99)), ("cpu", cpu),
+                               ("redis_cpu", redis_cpu), ("n", len(latencies))):
+                samples[impl][key].append(value)
+    results = {impl: {key: median(values) for key, values in by_key.items()}
+               for impl, by_key in samples.items()}
+    run.results["latency"] = results
+    run.print(f"### End-to-end latency at {rate:.0f} jobs/s, {jobs} jobs in {seconds:.0f} s "
+              f"(add -> `completed` event; the first {warmup:.0f} s untimed; worker concurrency "
+              f"{concurrency} per dyno; median of {run.reps})")
+    run.print()
+    node = results["node"]
+    processes, per_process = dyno_shape(concurrency, usable_cpus())
+    labels = {"node": "Node", "port": "port Worker as shipped", "slackq": "slackq, 1 process",
+              "dyno": f"slackq dyno ({processes} processes x {per_process})"}
+    rows = [[labels[impl], f"{r['p50']:.2f}", f"{r['p99']:.2f}", ratio(r["p99"], node["p99"]),
+             f"{r['cpu']:.0f}%", f"{r['redis_cpu']:.0f}%", str(int(r["n"]))]
+            for impl, r in results.items()]
+    table(run, ["worker", "p50 ms", "p99 ms", "p99/Node", "worker CPU at 500 jobs/s (of one core)",
+                "Redis CPU", "jobs timed"], rows)
