@@ -158,6 +158,10 @@ class CompletionHooks(Protocol):
     async def retry(self, error: Exception) -> None:
         """The completion failed: back off before the next try, or raise to give up."""
 
+    async def unapplied(self, job_id: str, token: str, error: Exception) -> None:
+        """The completion went through but Redis refused one of the commands (`error`, e.g.
+        `NOSCRIPT` from a Redis restarted with an empty script cache): apply them now, alone."""
+
     def settled(self, job_id: str, token: str) -> None:
         """Redis took the commands (the completion itself may still have been refused)."""
 
@@ -167,12 +171,17 @@ def complete_with(worker: Worker, hooks: CompletionHooks) -> None:
     Redis takes them.
 
     `MULTI`, the hooks' commands, the port's unchanged `moveToFinished` `EVALSHA`, `EXEC`: one
-    round trip, and either all of it is applied or none (a write refused while queueing aborts
-    the transaction). On a failure the same transaction is sent again after `hooks.retry`, with
-    the same finishing time, while the job's lock keeps being renewed (the job is still in
-    flight for the port). A reply the port reads as an error (the lock was lost meanwhile) is
-    raised as the port raises it, once the hooks' commands are known to be applied. A
-    `FetchNextWorker` still fetches its next job with the completion.
+    round trip. A write refused while queueing aborts the whole transaction, but a script
+    missing from Redis' cache (`NOSCRIPT`) is only found when `EXEC` runs it, and the other
+    commands are applied all the same. So: if the completion was not applied (unreachable,
+    aborted, or `moveToFinished` itself `NOSCRIPT`), the same transaction is sent again after
+    `hooks.retry` (or after loading the port's script), with the same finishing time, while the
+    job's lock keeps being renewed (the job is still in flight for the port); the hooks'
+    commands must be idempotent. If the completion was applied and one of the hooks' commands
+    was not, `hooks.unapplied` applies them on their own before the completion returns. A
+    reply the port reads as an error (the lock was lost meanwhile) is raised as the port raises
+    it, once the hooks' commands are known to be applied. A `FetchNextWorker` still fetches its
+    next job with the completion.
     """
     scripts = worker.scripts
     client: aioredis.Redis = worker.redisConnection.conn
@@ -186,12 +195,20 @@ def complete_with(worker: Worker, hooks: CompletionHooks) -> None:
         call = ("EVALSHA", finish.sha, len(keys), *keys, *args)
         while True:
             try:
-                raw = await _send(client, [*hooks.commands(str(job.id), token), call])
-                break
-            except NoScriptError:  # a restarted Redis has no scripts cached yet
-                await client.script_load(finish.script)
+                *extra, raw = await _send(client, [*hooks.commands(str(job.id), token), call])
             except Exception as exc:  # hooks.retry decides: back off, or re-raise
                 await hooks.retry(exc)
+                continue
+            if isinstance(raw, NoScriptError):  # a restarted Redis has no scripts cached yet
+                await client.script_load(finish.script)
+                continue
+            if isinstance(raw, Exception):
+                await hooks.retry(raw)
+                continue
+            break
+        refused = next((reply for reply in extra if isinstance(reply, Exception)), None)
+        if refused is not None:
+            await hooks.unapplied(str(job.id), token, refused)
         hooks.settled(str(job.id), token)
         if isinstance(raw, int) and raw < 0:
             raise scripts.finishedErrors({"code": raw, "jobId": job.id,
@@ -204,18 +221,18 @@ def complete_with(worker: Worker, hooks: CompletionHooks) -> None:
     worker.backend.moveToCompleted = move_to_completed
 
 
-async def _send(client: aioredis.Redis, commands: list[tuple[Any, ...]]) -> Any:
-    """The reply of the last of `commands`, sent in one transaction if there are several."""
+async def _send(client: aioredis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """The replies to `commands`, sent in one transaction if there are several; a command
+    Redis refused while running the transaction has its error as its reply."""
     if len(commands) == 1:
-        return await client.execute_command(*commands[0])  # type: ignore[no-untyped-call]
+        try:
+            return [await client.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
+        except NoScriptError as exc:
+            return [exc]
     async with client.pipeline(transaction=True) as pipe:
         for command in commands:
             pipe.execute_command(*command)
-        replies = await pipe.execute(raise_on_error=False)
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
-    return replies[-1]
+        return list(await pipe.execute(raise_on_error=False))
 
 
 def renew_locks_until_jobs_end(worker: Worker) -> None:

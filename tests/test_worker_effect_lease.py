@@ -154,14 +154,43 @@ async def test_a_paced_recorded_call_costs_two_round_trips_per_job(
     calls = {name.removeprefix("cmdstat_"): int(stats["calls"])
              for name, stats in (await aclient.info("commandstats")).items()}
     assert len(fake_slack.calls_to("chat.postMessage")) == jobs
-    # One transaction per job, its completion, carrying the record and the lease's end (sent
-    # again by the first completions, which load BullMQ's script into the fresh Redis: at most
-    # one per slot, as the slots' first completions race; 36 for 30 jobs seen under load).
-    assert calls["multi"] == calls["exec"] == calls["eval"]
-    assert jobs <= calls["multi"] <= jobs + settings.worker_concurrency
-    # The claim (with the pacing check) and the completion's moveToFinished per job; besides
-    # them a few fetches, lock renewals and stalled checks, but not a third script per job.
-    assert 2 * jobs <= calls["evalsha"] <= 2 * jobs + 20
+    # One transaction per job, its completion, carrying the record and the lease's end by SHA,
+    # never the script's text (sent again by the first completions, which load BullMQ's script
+    # into the fresh Redis: at most one per slot, as the slots' first completions race).
+    assert calls["multi"] == calls["exec"]
+    assert "eval" not in calls
+    resent = calls["multi"] - jobs
+    assert 0 <= resent <= settings.worker_concurrency
+    # The claim (with the pacing check), the settle and the completion's moveToFinished per
+    # job; besides them a few fetches, lock renewals and stalled checks, no fourth per job.
+    assert 3 * jobs <= calls["evalsha"] <= 3 * jobs + 2 * resent + 20
+
+
+async def test_a_settle_refused_for_a_missing_script_is_sent_again_alone(
+    settings: Settings, held: HeldSlack, queue: Queue, aclient: aioredis.Redis,
+) -> None:
+    """Redis lost its scripts (as after a restart) while a job was calling Slack. Inside the
+    completion's MULTI the settle's EVALSHA is then refused (NOSCRIPT) while BullMQ's
+    moveToFinished, loaded again by the port, completes the job: the settle must follow on its
+    own, or the record would be missing and the lease left behind."""
+    worker_settings = settings.model_copy(update={"slack_api_url": held.base_url})
+    options = replace(WorkerOptions.from_settings(worker_settings), limits=Limits(0, 0),
+                      grace_seconds=3)
+    runtime = await start_worker(worker_settings, app_registry(), options)
+    try:
+        with capture_logs() as logs:
+            await add_mention(queue, "Ev0NOSCRIPT1")
+            await wait_until(lambda: held.posts_arrived() == 1, 10, "the call reached Slack")
+            await aclient.script_flush()
+            held.release()
+            await wait_until(lambda: _state_is(aclient, settings, "Ev0NOSCRIPT1", "completed"),
+                             10, "job completed")
+        lease = f"{settings.queue_prefix}:slackq:{settings.queue_name}:effects:Ev0NOSCRIPT1:lease"
+        assert await aclient.exists(lease) == 0
+        assert await aclient.hget(job_key(settings, "Ev0NOSCRIPT1"), "slackq:done:reply")
+        assert any(e["event"] == "effect_record_resent" for e in logs)
+    finally:
+        await runtime.stop()
 
 
 async def _all_completed(client: aioredis.Redis, settings: Settings, count: int) -> bool:

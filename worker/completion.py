@@ -43,6 +43,16 @@ class Completion:
             raise error
         await self.outage.backoff(error, "completion")
 
+    async def unapplied(self, job_id: str, token: str, error: Exception) -> None:
+        """The job completed but its effects' settle was refused (`NOSCRIPT` after a Redis
+        restart): send it alone, retried until Redis takes it, before the completion returns.
+        The job stays in this process's hands meanwhile, so the guarantee is the same as for a
+        run that ends without a completion."""
+        run = self.runs.get((job_id, token))
+        if run is not None and self.effects is not None:
+            self.effects.log_unapplied(run, error)
+            await self.effects.settle_durably(run)
+
     def settled(self, job_id: str, token: str) -> None:
         self.outage.succeeded()
         run = self.runs.pop((job_id, token), None)

@@ -38,11 +38,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+import structlog
 from redis.exceptions import RedisError
 
 from worker.errors import Deferred, PermanentError, RedisTransientError
 from worker.limiter import ACQUIRE_LUA, raise_if_paced
 from worker.outage import RedisOutage, is_transient
+
+log = structlog.get_logger(__name__)
 
 # A handler still busy this long after Slack's answer gets its record written on its own round
 # trip; one that finishes sooner sends it with its completion (one round trip for both).
@@ -275,7 +278,18 @@ class EffectLog:
         if not run.unrecorded and not run.leased:
             return None
         keys, args = self.settle_args(run.job_id, run.token, run.unrecorded, release=True)
-        return ("EVAL", SETTLE_LUA, len(keys), *keys, *args)
+        # By SHA, not the script's text (~600 bytes a job): `load_scripts` loaded it at start,
+        # and a Redis that lost it since answers NOSCRIPT for this command alone, which the
+        # completion sends again on its own (`Completion.unapplied`).
+        return ("EVALSHA", self._settle.sha, len(keys), *keys, *args)
+
+    async def load_scripts(self) -> None:
+        """Load the settle script, which completions send by SHA (`settle_command`)."""
+        await self._run(self.client.script_load(SETTLE_LUA))
+
+    def log_unapplied(self, run: EffectRun, error: Exception) -> None:
+        """The completion went through without its settle (`error`): it is sent again alone."""
+        log.warning("effect_record_resent", job_id=run.job_id, error=type(error).__name__)
 
     def settled(self, run: EffectRun) -> None:
         """Redis took `settle_command(run)`."""

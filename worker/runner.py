@@ -349,6 +349,7 @@ async def _start_worker(settings: Settings, registry: HandlerRegistry, options: 
         tokens=tokens,
         outage=outage,
     )
+    await effects.load_scripts()  # completions send the settle by SHA
     worker = build_worker(settings, dispatcher, options)
     complete_with(worker, dispatcher.completion)
     extend_leases_with_locks(worker, effects)
