@@ -42,27 +42,35 @@ local team_burst = tonumber(ARGV[3])
 local resv_ttl = tonumber(ARGV[4])
 
 local slot = tonumber(redis.call('GET', KEYS[3]) or '-1')
+local reserved = slot >= 0
+-- A slot taken now is written down only if the job is sent away (it keeps it for its return);
+-- a call that goes at once neither writes nor deletes a reservation.
+local function refuse(wait, scope)
+  if not reserved and slot >= 0 then
+    redis.call('SET', KEYS[3], slot, 'PX', math.max(slot - now, 0) + resv_ttl)
+  end
+  return {wait, scope}
+end
 if slot < 0 and channel_iv > 0 then
   local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
   if tat < now then tat = now end
   slot = tat
   redis.call('SET', KEYS[1], slot + channel_iv, 'PX', slot + channel_iv - now + 1000)
-  redis.call('SET', KEYS[3], slot, 'PX', slot - now + resv_ttl)
 end
 if slot > now then
-  return {slot - now, 'channel'}
+  return refuse(slot - now, 'channel')
 end
 -- A job may come back after its slot (worker busy, team limit): space actual calls all the same.
 if channel_iv > 0 then
   local last = tonumber(redis.call('GET', KEYS[4]) or '0')
   if now < last + channel_iv then
-    return {last + channel_iv - now, 'channel'}
+    return refuse(last + channel_iv - now, 'channel')
   end
 end
 -- Slack answered 429 for this channel: nobody calls before its Retry-After is over.
 local held = tonumber(redis.call('GET', KEYS[5]) or '0')
 if now < held then
-  return {held - now, 'channel'}
+  return refuse(held - now, 'channel')
 end
 
 if team_iv > 0 then
@@ -70,14 +78,14 @@ if team_iv > 0 then
   if tat < now then tat = now end
   local over = tat - now - (team_burst - 1) * team_iv
   if over > 0 then
-    return {over, 'team'}
+    return refuse(over, 'team')
   end
   redis.call('SET', KEYS[2], tat + team_iv, 'PX', tat + team_iv - now + 1000)
 end
 if channel_iv > 0 then
   redis.call('SET', KEYS[4], now, 'PX', channel_iv + 1000)
 end
-redis.call('DEL', KEYS[3])
+if reserved then redis.call('DEL', KEYS[3]) end
 return {0, ''}
 """
 
