@@ -8,6 +8,7 @@ with the raw numbers, to reports/ (ignored by git):
 * drain with a no-op processor at concurrency 1/10/100 per dyno: the port's Worker as it ships,
   one slackq worker process, the slackq worker dyno (WORKER_PROCESSES processes);
 * end-to-end latency (add -> `completed` event seen) at a fixed 500 jobs/s, with worker CPU;
+* a trickle (20 jobs/s): worker CPU per job of one process, the dyno and Node;
 * RSS idle and busy; drain and enqueue with AOF everysec vs off;
 * `--sections realistic` (not in the default run): a drain of `app_mention` jobs at concurrency
   50, each posting one threaded `chat.postMessage` to a loopback Slack (bench/slack_fast.py), by
@@ -43,7 +44,7 @@ from bench.sections.aof import section_aof  # noqa: E402
 from bench.sections.core import Run  # noqa: E402
 from bench.sections.drain import section_drain  # noqa: E402
 from bench.sections.enqueue import section_enqueue  # noqa: E402
-from bench.sections.latency import section_latency  # noqa: E402
+from bench.sections.latency import section_latency, section_trickle  # noqa: E402
 from bench.sections.realistic import section_realistic  # noqa: E402
 from slackq.settings import usable_cpus  # noqa: E402
 
@@ -51,7 +52,7 @@ REPORTS = ROOT / "reports"
 
 SECTIONS: dict[str, Callable[[Run], Any]] = {
     "enqueue": section_enqueue, "drain": section_drain, "latency": section_latency,
-    "aof": section_aof, "realistic": section_realistic,
+    "aof": section_aof, "realistic": section_realistic, "trickle": section_trickle,
 }
 
 

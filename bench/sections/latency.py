@@ -14,6 +14,7 @@ from bench.sections.core import (
     Run,
     base_env,
     dyno_shape,
+    fmt,
     ratio,
     server_cpu,
     settle,
@@ -42,15 +43,16 @@ def latency_probe(run: Run, queue_name: str, rate: float, seconds: float,
     return [float(v) for v in result["latencies_ms"]]
 
 
-def section_latency(run: Run) -> None:
-    """Latency and CPU at a fixed 500 jobs/s; each worker `run.reps` times, workers interleaved.
+TRICKLE_RATE = 20.0  # jobs/s: a quiet queue, where the dyno's second process must stay idle
 
-    CPU is per job added (the probe adds rate * seconds jobs, the warm-up included), times the
-    rate: the probe's start-up and tail, when no job arrives, do not dilute it.
+
+def measure_at(run: Run, impls: list[str], rate: float, seconds: float,
+               warmup: float) -> dict[str, dict[str, float]]:
+    """Latency and CPU at a fixed `rate`; each worker `run.reps` times, workers interleaved.
+
+    CPU is per job added (the probe adds rate * seconds jobs, the warm-up included): the
+    probe's start-up and tail, when no job arrives, do not dilute it.
     """
-    rate, seconds, warmup = 500.0, max(3.0, 8.0 * run.scale), 1.0
-    # One slackq process next to the dyno: at a trickle the dyno's second process costs CPU.
-    impls = ["node", "port", "slackq", "dyno"]
     concurrency = 10
     jobs = int(rate * seconds)
     samples: dict[str, dict[str, list[float]]] = {impl: defaultdict(list) for impl in impls}
@@ -61,26 +63,53 @@ def section_latency(run: Run) -> None:
                 time.sleep(0.5)
                 cpu_before, server_before = worker.cpu_seconds(), server_cpu(run)
                 latencies = latency_probe(run, f"q-{impl}-{concurrency}", rate, seconds, warmup)
-                cpu = (worker.cpu_seconds() - cpu_before) / jobs * rate * 100
-                redis_cpu = (server_cpu(run) - server_before) / jobs * rate * 100
+                cpu_us = (worker.cpu_seconds() - cpu_before) / jobs * 1e6
+                redis_us = (server_cpu(run) - server_before) / jobs * 1e6
             settle(run)
             for key, value in (("p50", percentile(latencies, 0.5)),
-                               ("p99", percentile(latencies, 0.99)), ("cpu", cpu),
-                               ("redis_cpu", redis_cpu), ("n", len(latencies))):
+                               ("p99", percentile(latencies, 0.99)), ("cpu_us", cpu_us),
+                               ("redis_us", redis_us), ("n", len(latencies))):
                 samples[impl][key].append(value)
-    results = {impl: {key: median(values) for key, values in by_key.items()}
-               for impl, by_key in samples.items()}
+    return {impl: {key: median(values) for key, values in by_key.items()}
+            for impl, by_key in samples.items()}
+
+
+def _labels() -> dict[str, str]:
+    processes, per_process = dyno_shape(10, usable_cpus())
+    return {"node": "Node", "port": "port Worker as shipped", "slackq": "slackq, 1 process",
+            "dyno": f"slackq dyno ({processes} processes x {per_process})"}
+
+
+def section_latency(run: Run) -> None:
+    """End-to-end latency and worker CPU at 500 jobs/s (`section_trickle`: at 20 jobs/s)."""
+    rate, seconds, warmup = 500.0, max(3.0, 8.0 * run.scale), 1.0
+    results = measure_at(run, ["node", "port", "slackq", "dyno"], rate, seconds, warmup)
     run.results["latency"] = results
-    run.print(f"### End-to-end latency at {rate:.0f} jobs/s, {jobs} jobs in {seconds:.0f} s "
-              f"(add -> `completed` event; the first {warmup:.0f} s untimed; worker concurrency "
-              f"{concurrency} per dyno; median of {run.reps})")
+    run.print(f"### End-to-end latency at {rate:.0f} jobs/s, {int(rate * seconds)} jobs in "
+              f"{seconds:.0f} s (add -> `completed` event; the first {warmup:.0f} s untimed; "
+              f"worker concurrency 10 per dyno; median of {run.reps})")
     run.print()
-    node = results["node"]
-    processes, per_process = dyno_shape(concurrency, usable_cpus())
-    labels = {"node": "Node", "port": "port Worker as shipped", "slackq": "slackq, 1 process",
-              "dyno": f"slackq dyno ({processes} processes x {per_process})"}
+    node, labels = results["node"], _labels()
     rows = [[labels[impl], f"{r['p50']:.2f}", f"{r['p99']:.2f}", ratio(r["p99"], node["p99"]),
-             f"{r['cpu']:.0f}%", f"{r['redis_cpu']:.0f}%", str(int(r["n"]))]
+             f"{r['cpu_us'] * rate / 1e4:.0f}%", fmt(r["cpu_us"]),
+             ratio(r["cpu_us"], node["cpu_us"]),
+             f"{r['redis_us'] * rate / 1e4:.0f}%", str(int(r["n"]))]
             for impl, r in results.items()]
     table(run, ["worker", "p50 ms", "p99 ms", "p99/Node", "worker CPU at 500 jobs/s (of one core)",
-                "Redis CPU", "jobs timed"], rows)
+                "worker CPU µs/job", "CPU/Node", "Redis CPU", "jobs timed"], rows)
+
+
+def section_trickle(run: Run) -> None:
+    """A quiet queue: does the dyno's second process wake for jobs the first one takes?"""
+    rate, seconds, warmup = TRICKLE_RATE, max(5.0, 10.0 * run.scale), 1.0
+    results = measure_at(run, ["node", "slackq", "dyno"], rate, seconds, warmup)
+    run.results["trickle"] = results
+    run.print(f"### A trickle: {rate:.0f} jobs/s for {seconds:.0f} s (worker concurrency 10 per "
+              f"dyno; median of {run.reps})")
+    run.print()
+    node, one, labels = results["node"], results["slackq"], _labels()
+    rows = [[labels[impl], f"{r['p50']:.2f}", f"{r['p99']:.2f}", fmt(r["cpu_us"]),
+             ratio(r["cpu_us"], node["cpu_us"]), ratio(r["cpu_us"], one["cpu_us"])]
+            for impl, r in results.items()]
+    table(run, ["worker", "p50 ms", "p99 ms", "worker CPU µs/job", "CPU/Node",
+                "CPU/slackq 1 process"], rows)
