@@ -21,6 +21,7 @@ from tests.worker_app import app_registry
 from tests.worker_helpers import add_mention, job_key, job_state
 from worker.effects import EffectLeased, EffectLog, EffectUnsettled, JobGone
 from worker.limiter import Limits
+from worker.registry import HandlerRegistry, JobContext
 from worker.runner import WorkerOptions, start_worker
 
 
@@ -196,3 +197,35 @@ async def test_a_settle_refused_for_a_missing_script_is_sent_again_alone(
 async def _all_completed(client: aioredis.Redis, settings: Settings, count: int) -> bool:
     return int(await client.zcard(f"{settings.queue_prefix}:{settings.queue_name}:completed")) \
         == count
+
+
+async def test_a_handler_busy_after_slacks_answer_gets_its_record_written_meanwhile(
+    settings: Settings, fake_slack: FakeSlack, queue: Queue, aclient: aioredis.Redis,
+) -> None:
+    """The record waits for the completion only `RECORD_DELAY_SECONDS`: a handler still busy
+    after that has it written on its own round trip, before the job ends."""
+    release = asyncio.Event()
+    registry = HandlerRegistry()
+
+    @registry.register("app_mention")
+    async def post_then_wait(ctx: JobContext) -> None:
+        await ctx.slack.call("chat.postMessage", effect="reply", channel="C0BUSY001", text="hi")
+        await release.wait()
+
+    runtime = await start_worker(settings, registry, replace(
+        WorkerOptions.from_settings(settings), limits=Limits(0, 0), grace_seconds=3))
+    try:
+        await add_mention(queue, "Ev0BUSY0001")
+        key = job_key(settings, "Ev0BUSY0001")
+        await wait_until(lambda: _recorded(aclient, key), 10, "record written while busy")
+        assert await job_state(aclient, settings, "Ev0BUSY0001") == "active"
+        release.set()
+        await wait_until(lambda: _state_is(aclient, settings, "Ev0BUSY0001", "completed"), 10,
+                         "job completed")
+    finally:
+        release.set()
+        await runtime.stop()
+
+
+async def _recorded(client: aioredis.Redis, key: str) -> bool:
+    return bool(await client.hget(key, "slackq:done:reply"))

@@ -255,11 +255,17 @@ class EffectLog:
     def accepted(self, run: EffectRun, name: str, result: Mapping[str, Any]) -> None:
         """Slack accepted `name`: keep its answer until Redis has it (`RECORD_DELAY_SECONDS`)."""
         run.unrecorded[name] = encode(result)
-        if run.recording is None or run.recording.done():
-            run.recording = asyncio.ensure_future(self._record_later(run))
+        if run.timer is None and (run.recording is None or run.recording.done()):
+            # A timer, not a task sleeping: nearly every run completes first and cancels it,
+            # and a timer costs a fraction of a task's creation and cancellation.
+            run.timer = asyncio.get_running_loop().call_later(
+                RECORD_DELAY_SECONDS, self._record_now, run)
 
-    async def _record_later(self, run: EffectRun) -> None:
-        await asyncio.sleep(RECORD_DELAY_SECONDS)
+    def _record_now(self, run: EffectRun) -> None:
+        run.timer = None
+        run.recording = asyncio.ensure_future(self._record(run))
+
+    async def _record(self, run: EffectRun) -> None:
         records = dict(run.unrecorded)
         try:
             await self.settle(run.job_id, run.token, records, release=False)
@@ -273,6 +279,9 @@ class EffectLog:
     def settle_command(self, run: EffectRun) -> tuple[Any, ...] | None:
         """The command that records `run`'s answers and ends its lease, to send with its
         completion; None when there is nothing to settle."""
+        if run.timer is not None:
+            run.timer.cancel()
+            run.timer = None
         if run.recording is not None:
             run.recording.cancel()
         if not run.unrecorded and not run.leased:
@@ -365,3 +374,4 @@ class EffectRun:
     leased: bool = False
     unrecorded: dict[str, str] = field(default_factory=dict)
     recording: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None  # starts `recording` after RECORD_DELAY_SECONDS
