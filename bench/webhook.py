@@ -121,16 +121,20 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
 def table(rates: list[int], results: dict[str, dict[int, list[Result]]]) -> str:
     """Medians over the repetitions of each rate's p50/p95/p99 and CPU; errors summed."""
     names = list(results)
+    versus_floor = "slackq" in results and "floor" in results  # issue 18's ratio
     header = "| events/s | " + " | ".join(
-        f"{n} p50 | {n} p95 | {n} p99 | {n} non-200 | {n} CPU us/req" for n in names) + " |"
-    lines = [header, "|" + "---|" * (1 + 5 * len(names))]
+        f"{n} p50 | {n} p95 | {n} p99 | {n} non-200 | {n} CPU us/req" for n in names) + (
+        " | slackq CPU / floor CPU |" if versus_floor else " |")
+    lines = [header, "|" + "---|" * (1 + 5 * len(names) + versus_floor)]
     for rate in rates:
         cells = []
         for name in names:
             runs = results[name][rate]
             cells += [f"{_median(runs, 0.50):.2f}", f"{_median(runs, 0.95):.2f}",
                       f"{_median(runs, 0.99):.2f}", str(sum(r.errors for r in runs)),
-                      f"{statistics.median(r.cpu_us_per_request for r in runs):.0f}"]
+                      f"{_cpu(runs):.0f}"]
+        if versus_floor:
+            cells.append(f"{_cpu(results['slackq'][rate]) / _cpu(results['floor'][rate]):.2f}")
         lines.append(f"| {rate} | " + " | ".join(cells) + " |")
     for name in names:
         ok = [rate for rate in rates if _median(results[name][rate], 0.99) < P99_TARGET_MS
@@ -139,6 +143,10 @@ def table(rates: list[int], results: dict[str, dict[int, list[Result]]]) -> str:
         lines.append(f"\n{name}: highest rate with p99 < {P99_TARGET_MS:g} ms (median of the "
                      f"runs) and no error: {best}")
     return "\n".join(lines)
+
+
+def _cpu(runs: list[Result]) -> float:
+    return statistics.median(r.cpu_us_per_request for r in runs)
 
 
 def _median(runs: list[Result], q: float) -> float:
