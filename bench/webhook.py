@@ -180,9 +180,11 @@ def measure(rates: list[int], seconds: float, reps: int, servers: dict[str, tupl
                 if name in STORED:
                     stored = STORED[name](redis_server)
                     answered = len(result.latencies_ms) - result.errors
-                    if stored != answered:
+                    if stored < answered:  # a 200 for an event that is not stored
                         raise SystemExit(f"{name} answered 200 {answered} times but stored "
                                          f"{stored} events")
+                    if stored > answered:  # stored, its 200 lost in the generator's timeout
+                        note += f"  ({stored - answered} stored without a 200 seen)"
                 print(f"  {name:>6} {rate:>5}/s  p50 {result.percentile(0.5):6.2f}  "
                       f"p99 {result.percentile(0.99):7.2f} ms  non-200 {result.errors}  "
                       f"server CPU {result.cpu_us_per_request:4.0f} us/request{note}",
