@@ -50,24 +50,33 @@ text: every client decodes responses.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, cast
-from urllib.parse import quote, unquote
 
 import redis
 import redis.asyncio as aioredis
-from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import AbstractBackoff, EqualJitterBackoff, ExponentialBackoff, NoBackoff
 from redis.exceptions import ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
+from redis.cluster import ClusterNode as SyncClusterNode
+from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.retry import Retry as SyncRetry
 from redis.sentinel import Sentinel as SyncSentinel
 
 from slackq.errors import RedisMisconfigured
 from slackq.metrics import track_connect
 from slackq.pool import lean_client
+from slackq.redis_url import URL_SCHEMES as URL_SCHEMES
+from slackq.redis_url import ClusterAddress, cluster_address
+from slackq.redis_url import SentinelAddress as SentinelAddress
+from slackq.redis_url import is_unix_socket as is_unix_socket
+from slackq.redis_url import redis_kwargs as redis_kwargs
+from slackq.redis_url import redis_location as redis_location
+from slackq.redis_url import sentinel_address as sentinel_address
+from slackq.redis_url import with_sentinel_password as with_sentinel_password
 from slackq.sentinel_pool import (
     ClosesSentinels,
     LeanSentinelConnectionPool,
@@ -161,110 +170,6 @@ def command_profile(lock_duration_ms: int) -> Profile:
                    retry=command_retry(lock_duration_ms), keepalive=True)
 
 
-SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
-URL_SCHEMES = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES)
-DEFAULT_SENTINEL_PORT = 26379
-
-
-@dataclass(frozen=True)
-class SentinelAddress:
-    """What a `redis+sentinel://` URL says: where the sentinels are, which primary to ask them
-    for, and how to talk to the data nodes (`node`: database, credentials, query options)."""
-
-    sentinels: tuple[tuple[str, int], ...]
-    master: str
-    tls: bool
-    node: dict[str, Any] = field(default_factory=dict)
-    sentinel_password: str | None = None
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    if text.startswith("["):  # [IPv6]:port
-        host, _, port = text[1:].partition("]")
-        return host, int(port.lstrip(":") or DEFAULT_SENTINEL_PORT)
-    host, colon, port = text.rpartition(":")
-    return (host, int(port)) if colon else (text, DEFAULT_SENTINEL_PORT)
-
-
-def sentinel_address(url: str) -> SentinelAddress | None:
-    """The parts of a `redis+sentinel://` / `rediss+sentinel://` URL; None for other URLs.
-
-    Raise ValueError (no password in it) when the URL names no sentinel or no primary.
-    """
-    if not url.startswith(SENTINEL_SCHEMES):
-        return None
-    scheme, rest = url.split("://", 1)
-    rest, _, query = rest.partition("?")
-    netloc, _, path = rest.partition("/")
-    userinfo, _, hosts = netloc.rpartition("@")
-    names = [unquote(part) for part in path.split("/") if part]
-    try:
-        sentinels = tuple(_host_port(host) for host in hosts.split(",") if host)
-        db = int(names[1]) if len(names) == 2 else None
-    except ValueError:
-        raise ValueError(f"{scheme}:// URL: a sentinel port or the database is not a number")\
-            from None
-    if not sentinels or not names or len(names) > 2:
-        raise ValueError(f"{scheme}:// URL must be {scheme}://[[user]:password@]host:port"
-                         "[,host:port…]/<master-name>[/<db>]")
-    node: dict[str, Any] = dict(parse_url(f"redis://localhost/?{query}")) if query else {}
-    node.pop("host", None)
-    sentinel_password = node.pop("sentinel_password", None)
-    if db is not None:
-        node["db"] = db
-    user, _, password = userinfo.partition(":")
-    if user:
-        node["username"] = unquote(user)
-    if password:
-        node["password"] = unquote(password)
-    return SentinelAddress(sentinels, names[0], scheme.startswith("rediss"), node,
-                           sentinel_password)
-
-
-def with_sentinel_password(url: str, password: str) -> str:
-    """`url` with the sentinels' password as its `sentinel_password` option (one the URL already
-    has wins)."""
-    if "sentinel_password=" in url:
-        return url
-    return f"{url}{'&' if '?' in url else '?'}sentinel_password={quote(password, safe='')}"
-
-
-def redis_kwargs(url: str) -> dict[str, Any]:
-    """Keyword arguments for `redis.asyncio.Redis(...)` from a redis://, rediss:// or unix:// URL
-    (for a Sentinel URL: those of its data nodes, without host and port)."""
-    address = sentinel_address(url)
-    if address is not None:
-        return {**address.node, **({"ssl": True} if address.tls else {})}
-    parsed: dict[str, Any] = dict(parse_url(url))
-    connection_class = parsed.pop("connection_class", None)
-    if connection_class is SSLConnection:
-        parsed["ssl"] = True
-    elif connection_class is UnixDomainSocketConnection:
-        parsed["unix_socket_path"] = parsed.pop("path")
-    return parsed
-
-
-def redis_location(url: str) -> str:
-    """`scheme://user@host:port/db` (Sentinel: `…@s1:p1,s2:p2/master/db`) for messages: never
-    a password."""
-    scheme = url.split("://", 1)[0]
-    kwargs = redis_kwargs(url)
-    address = sentinel_address(url)
-    if address is not None:
-        where = ",".join(f"{host}:{port}" for host, port in address.sentinels) \
-            + f"/{address.master}/{kwargs.get('db', 0)}"
-    else:
-        where = kwargs.get("unix_socket_path") or f"{kwargs.get('host', 'localhost')}:" \
-            f"{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
-    user = kwargs.get("username")
-    return f"{scheme}://{user + '@' if user else ''}{where}"
-
-
-def is_unix_socket(url: str) -> bool:
-    """Whether `url` names a unix socket (TCP options such as keepalive do not apply)."""
-    return "unix_socket_path" in redis_kwargs(url)
-
-
 def _profile_options(url: str, profile: Profile) -> dict[str, Any]:
     """The options `profile` sets (without retry, which differs for sync clients)."""
     options: dict[str, Any] = {
@@ -298,6 +203,9 @@ def redis_client(url: str, profile: Profile, *, anonymous: bool = False,
     address = sentinel_address(url)
     if address is not None:
         return _sentinel_client(address, profile, options)
+    cluster = cluster_address(url)
+    if cluster is not None:
+        return cast(aioredis.Redis, _cluster_client(cluster, profile, options))
     if profile.pool_size is not None:
         return lean_client(url, profile.pool_size, decode_responses=True, **options)
     return aioredis.Redis(**{**redis_kwargs(url), **options}, decode_responses=True)
@@ -325,6 +233,11 @@ def sync_redis_client(url: str, profile: Profile, *, password: str | None = None
             address.master, connection_pool_class=SyncSentinelPool,
             **_node_kwargs(address, options, sync=True))
         return cast(redis.Redis, client)
+    cluster = cluster_address(url)
+    if cluster is not None:
+        kwargs = _cluster_kwargs(cluster, options)
+        nodes = [SyncClusterNode(host, port) for host, port in cluster.nodes]
+        return cast(redis.Redis, SyncRedisCluster(startup_nodes=nodes, **kwargs))
     return redis.Redis(**{**redis_kwargs(url), **options}, decode_responses=True)
 
 
@@ -341,6 +254,8 @@ def bullmq_connection(url: str,
     """
     if sentinel_address(url) is not None:
         return redis_client(url, BLOCKING.pooled(2), client_name=client_name)
+    if cluster_address(url) is not None:
+        return redis_client(url, BLOCKING, client_name=client_name)
     named = {"client_name": client_name} if client_name else {}
     return {**redis_kwargs(url), **_profile_options(url, BLOCKING), **named}
 
@@ -387,6 +302,48 @@ def _sentinel_client(address: SentinelAddress, profile: Profile,
     client = manager.master_for(
         address.master, connection_pool_class=pool_class, **kwargs)
     return cast(aioredis.Redis, client)
+
+
+def _cluster_kwargs(address: ClusterAddress, options: dict[str, Any]) -> dict[str, Any]:
+    """Options of a cluster client: the URL's, then the profile's, except the connection hook
+    (a cluster client takes none: `_cluster_client` installs it) and the retry, which a cluster
+    client reads as a number of attempts only (`_cluster_client`)."""
+    kwargs = {**address.node, **options, "decode_responses": True}
+    kwargs.pop("redis_connect_func", None)
+    if address.tls:
+        kwargs["ssl"] = True
+    return kwargs
+
+
+def _cluster_client(address: ClusterAddress, profile: Profile,
+                    options: dict[str, Any]) -> RedisCluster:
+    """A Redis Cluster client for `profile` (with its `options`).
+
+    redis-py's cluster client differs from the others in three ways slackq has to know:
+
+    * Its retry is a number of attempts: after a connection error or a timeout it refreshes the
+      cluster's slot map (from any node that answers) and tries again at once, without the
+      profile's backoff. During a failover, until the replica is promoted, the attempts fail
+      fast; callers back off as they do for any Redis error (the worker's outage loop, the
+      completion's retry, the webhook's budget).
+    * Every node has its own connections, up to 100 each (a command that finds them all busy
+      fails rather than waits): the lean pools are for a single Redis. A profile's `pool_size`
+      is not applied.
+    * It takes no connection hook: the connection counting of a profile that counts is
+      installed in the connection options after construction, as redis-py does for its own
+      maintenance notifications (the options are shared with the nodes found later).
+    """
+    kwargs = _cluster_kwargs(address, options)
+    hook = options.get("redis_connect_func")
+    kwargs.pop("retry", None)
+    retry = (profile.retry or NO_RETRY).build()
+    nodes = [ClusterNode(host, port) for host, port in address.nodes]
+    client = RedisCluster(startup_nodes=nodes, retry=retry, **kwargs)
+    if hook is not None:
+        client.connection_kwargs["redis_connect_func"] = hook
+        for node in client.nodes_manager.startup_nodes.values():
+            node.connection_kwargs["redis_connect_func"] = hook
+    return client
 
 
 async def eviction_policy(client: aioredis.Redis) -> str:

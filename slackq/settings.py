@@ -9,10 +9,19 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slackq.ack import AckDurability
-from slackq.connection import URL_SCHEMES, sentinel_address, with_sentinel_password
+from slackq.redis_url import (
+    URL_SCHEMES,
+    cluster_address,
+    has_hash_tag,
+    is_cluster,
+    sentinel_address,
+    with_sentinel_password,
+)
 from slackq.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_QUEUE_PREFIX = "bull"
+DEFAULT_CLUSTER_QUEUE_PREFIX = "{bull}"  # a hash tag: every key of the queue in one slot
 # One Slack workspace (a bot token) or many (an OAuth app's client id and secret).
 WorkspaceMode = Literal["single", "multi"]
 
@@ -37,7 +46,10 @@ class Settings(BaseSettings):
                     "embedded Redis when this is not set. Behind Sentinel: "
                     "`redis+sentinel://[[user]:password@]host:port[,host:port…]/<master-name>"
                     "[/<db>]` (`rediss+sentinel://` for TLS), listing the sentinels; the "
-                    "credentials are the data nodes' (docs/high-availability.md).")
+                    "credentials are the data nodes'. Redis Cluster: "
+                    "`redis+cluster://[[user]:password@]host:port[,host:port…]` "
+                    "(`rediss+cluster://` for TLS), listing any of its nodes; QUEUE_PREFIX must "
+                    "then hold a hash tag (docs/high-availability.md).")
     redis_sentinel_password: SecretStr | None = Field(
         default=None,
         description="The sentinels' own password, when they have one (`requirepass` in "
@@ -140,9 +152,13 @@ class Settings(BaseSettings):
     queue_name: str = Field(default="slack-events", min_length=1,
                             description="The BullMQ queue the jobs go to; Node BullMQ services "
                                         "sharing the queue use the same name. No `:`.")
-    queue_prefix: str = Field(default="bull", min_length=1,
-                              description="BullMQ's key prefix: every key of the queue is "
-                                          "`<prefix>:<queue>:…`. No `:`.")
+    queue_prefix: str = Field(
+        default=DEFAULT_QUEUE_PREFIX, min_length=1,
+        description="BullMQ's key prefix: every key of the queue (and every key slackq keeps "
+                    "beside it) is `<prefix>:…`. No `:`. With a `redis+cluster://` REDIS_URL "
+                    f"the default is `{DEFAULT_CLUSTER_QUEUE_PREFIX}`, and a prefix without a "
+                    "hash tag (`{name}`) is refused: BullMQ's scripts need all of a queue's "
+                    "keys in one slot. Node BullMQ services must use the same prefix.")
     worker_concurrency: int = Field(default=10, ge=1, le=1000,
                                     description="Jobs in flight at once in each worker process.")
     worker_processes: int = Field(
@@ -303,12 +319,27 @@ class Settings(BaseSettings):
         object.__setattr__(self, "redis_url", url)  # frozen: set once, while validating
         return self
 
+    @model_validator(mode="after")
+    def _cluster_prefix(self) -> Settings:
+        """On a cluster every key of the queue must hash to one slot: a hash-tagged prefix."""
+        if not is_cluster(self.redis_url):
+            return self
+        if "queue_prefix" not in self.model_fields_set:
+            object.__setattr__(self, "queue_prefix", DEFAULT_CLUSTER_QUEUE_PREFIX)  # frozen
+        elif not has_hash_tag(self.queue_prefix):
+            raise ValueError(
+                f"QUEUE_PREFIX {self.queue_prefix[:64]!r} has no hash tag, which a "
+                f"redis+cluster:// REDIS_URL needs (e.g. {DEFAULT_CLUSTER_QUEUE_PREFIX}: BullMQ's "
+                "scripts need all of a queue's keys in one slot)")
+        return self
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
         if not value.startswith(URL_SCHEMES):
             raise ValueError("must start with " + ", ".join(URL_SCHEMES))
         sentinel_address(value)  # ValueError names the expected form
+        cluster_address(value)
         return value
 
     @field_validator("ack_durability")
