@@ -193,7 +193,7 @@ class Reader:
             return []
         base = f"{self.prefix}:slackq:{self.name}:rate:hold"
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.time()
+            pipe.execute_command("TIME")  # pipe.time(): refused by a Redis Cluster pipeline
             for team, channel in pairs:
                 pipe.get(f"{base}:{team}:{channel}")
             (seconds, micros), *values = await pipe.execute()

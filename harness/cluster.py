@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from harness.topology import NodeProcess, ask
-from slackq.embedded import server_binary
+from slackq.embedded import free_port, server_binary
 
 PRIMARIES = 3
 
@@ -70,6 +70,9 @@ class ClusterTopology:
                 "cluster-enabled": "yes",
                 "cluster-config-file": str(data_dir / "nodes.conf"),
                 "cluster-node-timeout": str(self.node_timeout_ms),
+                # Its own free port for the cluster bus (the default, port + 10000, may be taken
+                # or beyond 65535).
+                "cluster-port": str(free_port()),
                 # A replica's data is never too old to take over: the campaign kills at once.
                 "cluster-replica-validity-factor": "0",
             })

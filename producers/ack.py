@@ -22,7 +22,13 @@ import structlog
 from redis.exceptions import RedisError, ResponseError
 
 from slackq.ack import WAITAOF_SINCE, AckDurability
-from slackq.connection import PATIENT_PROBE, PRODUCER, redis_client, redis_location
+from slackq.connection import (
+    PATIENT_PROBE,
+    PRODUCER,
+    redis_client,
+    redis_location,
+    same_node_as,
+)
 from slackq.errors import RedisMisconfigured, RedisUnavailable
 from slackq.settings import Settings
 
@@ -83,12 +89,14 @@ class AckConfirmer:
 
     async def _round(self) -> None:
         durability, timeout_ms = self.policy.durability, self.policy.timeout_ms
+        mark = self.policy.mark_key
+        on_marks_node = await same_node_as(self.client, mark)  # Redis Cluster: WAIT has no key
         pipe = self.client.pipeline(transaction=False)
-        pipe.incr(self.policy.mark_key)
+        pipe.incr(mark)
         if durability.fsync:
-            pipe.execute_command("WAITAOF", 1, durability.replicas, timeout_ms)
+            pipe.execute_command("WAITAOF", 1, durability.replicas, timeout_ms, **on_marks_node)
         else:
-            pipe.execute_command("WAIT", durability.replicas, timeout_ms)
+            pipe.execute_command("WAIT", durability.replicas, timeout_ms, **on_marks_node)
         _, reply = await pipe.execute()
         if durability.fsync:
             local, replicas = (int(value) for value in reply)

@@ -93,8 +93,8 @@ class AddBatcher:
             except ResponseError as exc:  # NoScriptError included
                 return [exc]
         pipe = client.pipeline(transaction=False)
-        for call in calls:
-            pipe.evalsha(*call)
+        for call in calls:  # not pipe.evalsha: a Redis Cluster pipeline refuses that method
+            pipe.execute_command("EVALSHA", *call)
         return list(await pipe.execute(raise_on_error=False))
 
     async def _settle(self, job: Job, future: asyncio.Future[str], reply: Any) -> None:

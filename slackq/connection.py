@@ -346,6 +346,21 @@ def _cluster_client(address: ClusterAddress, profile: Profile,
     return client
 
 
+async def same_node_as(client: aioredis.Redis, key: str) -> dict[str, Any]:
+    """Keyword arguments that send a keyless command (`WAIT`, `WAITAOF`) to the node serving
+    `key`, for a Redis Cluster client ({} for any other).
+
+    A cluster client sends a command without a key to a node of its choosing; in a pipeline
+    with `key`'s own commands, this one then goes to the same node on the same connection, so
+    it waits for that connection's writes. All of slackq's keys share one slot (QUEUE_PREFIX's
+    hash tag), so that node holds every job.
+    """
+    if not isinstance(client, RedisCluster):
+        return {}
+    await client.initialize()  # a fresh client knows no node yet; later calls return at once
+    return {"target_nodes": client.get_node_from_key(key)}
+
+
 async def eviction_policy(client: aioredis.Redis) -> str:
     """The server's `maxmemory-policy`, read through INFO (CONFIG may be renamed in production)."""
     info = await client.info("memory")

@@ -313,7 +313,8 @@ class JobIndex:
     async def _send(self, batch: list[tuple[list[str], list[str | int]]]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
             for keys, args in batch:
-                pipe.evalsha(self._record.sha, len(keys), *keys, *args)
+                # Not pipe.evalsha: a Redis Cluster pipeline refuses that method.
+                pipe.execute_command("EVALSHA", self._record.sha, len(keys), *keys, *args)
             await pipe.execute()
 
     async def search(self, filters: Filters, limit: int = 500) -> list[str]:

@@ -9,8 +9,9 @@ const { readConfig, connection, emit, exitAtDeadline } = require('./common');
 async function main() {
   const config = readConfig();
   exitAtDeadline(config.deadlineMs || 30000);
+  const client = connection(config.redisUrl);
   const queue = new Queue(config.queue, {
-    connection: connection(config.redisUrl),
+    connection: client,
     prefix: config.prefix,
   });
   for (const { name, data, opts } of config.jobs) {
@@ -22,6 +23,8 @@ async function main() {
     }
   }
   await queue.close();
+  // A client instance (an ioredis Cluster) is the caller's to close: BullMQ leaves it open.
+  if (typeof client.quit === 'function') await client.quit();
   emit({ event: 'exit' });
 }
 
