@@ -61,6 +61,7 @@ class AckConfirmer:
         self.policy = policy
         self._pending: list[asyncio.Future[None]] = []
         self._sender: asyncio.Task[None] | None = None
+        self._failed = False  # the last round failed: a cluster's slot may have moved
 
     async def confirm(self) -> None:
         """Return once the adds that returned before this call are confirmed; raise
@@ -90,7 +91,9 @@ class AckConfirmer:
     async def _round(self) -> None:
         durability, timeout_ms = self.policy.durability, self.policy.timeout_ms
         mark = self.policy.mark_key
-        on_marks_node = await same_node_as(self.client, mark)  # Redis Cluster: WAIT has no key
+        # Redis Cluster: WAIT has no key; it must go where the mark (and every job) is.
+        on_marks_node = await same_node_as(self.client, mark, refresh=self._failed)
+        self._failed = True
         pipe = self.client.pipeline(transaction=False)
         pipe.incr(mark)
         if durability.fsync:
@@ -98,6 +101,7 @@ class AckConfirmer:
         else:
             pipe.execute_command("WAIT", durability.replicas, timeout_ms, **on_marks_node)
         _, reply = await pipe.execute()
+        self._failed = False
         if durability.fsync:
             local, replicas = (int(value) for value in reply)
             confirmed = local >= 1 and replicas >= durability.replicas

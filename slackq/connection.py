@@ -346,17 +346,22 @@ def _cluster_client(address: ClusterAddress, profile: Profile,
     return client
 
 
-async def same_node_as(client: aioredis.Redis, key: str) -> dict[str, Any]:
+async def same_node_as(client: aioredis.Redis, key: str, *,
+                       refresh: bool = False) -> dict[str, Any]:
     """Keyword arguments that send a keyless command (`WAIT`, `WAITAOF`) to the node serving
     `key`, for a Redis Cluster client ({} for any other).
 
     A cluster client sends a command without a key to a node of its choosing; in a pipeline
     with `key`'s own commands, this one then goes to the same node on the same connection, so
     it waits for that connection's writes. All of slackq's keys share one slot (QUEUE_PREFIX's
-    hash tag), so that node holds every job.
+    hash tag), so that node holds every job. A command sent to a named node is never redirected
+    nor retried: after it failed, `refresh` reads the cluster's slot map again (a failover may
+    have moved the slot).
     """
     if not isinstance(client, RedisCluster):
         return {}
+    if refresh:
+        await client.aclose()  # forgets the slot map; initialize() reads it again
     await client.initialize()  # a fresh client knows no node yet; later calls return at once
     return {"target_nodes": client.get_node_from_key(key)}
 

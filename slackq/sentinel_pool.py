@@ -94,9 +94,10 @@ async def recheck_primary(client: aioredis.Redis) -> None:
 
     For a caller that suspects it is talking to a primary the others have left (an
     acknowledgement that did not come): if the primary moved, idle connections are dropped at
-    once and busy ones when they come back, so the next command goes to the new one.
+    once and busy ones when they come back, so the next command goes to the new one. (A Redis
+    Cluster client has no pool: it reads the slot map again by itself after an error.)
     """
-    pool = client.connection_pool
+    pool = getattr(client, "connection_pool", None)
     if isinstance(pool, SentinelConnectionPool):
         with contextlib.suppress(RedisError):
             await pool.get_master_address()  # type: ignore[no-untyped-call]
