@@ -23,6 +23,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from bullmq import Job, Queue
 
+from slackq.connection import same_node_as
 from slackq.job_index import Filters, JobFields, JobIndex
 from slackq.logging import redact, redact_value
 from slackq.wait_history import WaitKeys
@@ -182,8 +183,11 @@ class Reader:
                  "done": _json_or_none(raw.get(f"slackq:done:{name}"))} for name in names]
 
     async def workers(self) -> list[dict[str, Any]]:
-        """Connections of Python and Node workers on this queue, from CLIENT LIST."""
-        clients = await self.client.client_list()
+        """Connections of Python and Node workers on this queue, from CLIENT LIST (on a Redis
+        Cluster, the list of the node serving the queue's slot, where workers block and run
+        their scripts)."""
+        clients = await self.client.client_list(
+            **await same_node_as(self.client, f"{self.key_base}:marker"))
         return worker_connections(clients, self.prefix, self.name)
 
     async def holds(self, pairs: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:

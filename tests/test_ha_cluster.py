@@ -12,11 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from redis.exceptions import ClusterCrossSlotError
+from bullmq import Queue
+from redis.exceptions import ClusterCrossSlotError, RedisClusterException
 
 from harness.cluster import ClusterTopology, key_slot
 from harness.slack_standin import FakeSlack
 from harness.topology import ask
+from slackq.connection import OPERATOR, PROBE, redis_client, sync_redis_client
 from slackq.contract import job_options
 from slackq.settings import Settings
 from tests.cluster_support import (
@@ -30,7 +32,7 @@ from tests.interop import node_config, node_script, node_skip_reason
 from tests.prerequisites import requires
 from tests.processes import Proc, process_env
 from tests.security_support import procfile_stack, run_cli
-from tests.slack_requests import BOT_TOKEN, SIGNING_SECRET, app_mention_envelope, encode, signed_headers
+from tests.slack_requests import BOT_TOKEN, app_mention_envelope, encode, signed_headers
 
 pytestmark = [requires("a local Redis Cluster", cluster_unavailable_reason()),
               requires("Node BullMQ interop", node_skip_reason())]
@@ -90,6 +92,11 @@ async def test_web_worker_node_and_cli_on_a_cluster(
     code, output = await asyncio.to_thread(run_cli, cluster.url, "doctor", "--json")
     checks = {check["name"]: check["level"] for check in json.loads(output)["checks"]}
     assert checks["eviction policy"] == "ok", output
+    probe = sync_redis_client(cluster.url, PROBE)  # the /metrics collector's kind of client
+    try:
+        assert probe.llen(f"{PREFIX}:{QUEUE}:wait") == 0
+    finally:
+        probe.close()
 
     keys = sorted(seen | set(cluster.keys_everywhere()))
     # Each writer left keys: BullMQ's, the ack's dedup, the job index's, the limiter's.
@@ -117,16 +124,36 @@ def test_the_checks_see_a_key_outside_the_slot_and_a_crossslot_reply(
     reset_error_stats(cluster)
 
 
-@pytest.mark.parametrize("name", ["web", "worker"])
 def test_a_prefix_without_a_hash_tag_stops_start_up(
-    name: str, cluster: ClusterTopology, tmp_path: Path,  # noqa: F811 - fixture
+    cluster: ClusterTopology, tmp_path: Path,  # noqa: F811 - fixture
 ) -> None:
-    env = process_env(REDIS_URL=cluster.url, QUEUE_PREFIX="bull",
-                      SLACK_SIGNING_SECRET=SIGNING_SECRET, SLACK_BOT_TOKEN=BOT_TOKEN, PORT="1")
-    proc = Proc(name, env, tmp_path)
+    """The worker as a process (the web process reads its settings the same way, through
+    `load_settings`: tests/test_ha_cluster_url.py), and the CLI."""
+    env = process_env(REDIS_URL=cluster.url, QUEUE_PREFIX="bull", SLACK_BOT_TOKEN=BOT_TOKEN)
+    proc = Proc("worker", env, tmp_path)
     try:
         code = proc.wait(30)
     finally:
         proc.stop()
     lines = [line for line in proc.output().splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "QUEUE_PREFIX" in lines[0], proc.output()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QUEUE_PREFIX", "bull")
+        code, output = run_cli(cluster.url, "status")
+    assert code == 2 and output.count("\n") == 1 and "QUEUE_PREFIX" in output, output
+
+
+async def test_the_ports_add_bulk_is_refused_by_a_cluster_pipeline(
+    cluster: ClusterTopology,  # noqa: F811 - fixture
+) -> None:
+    """Upstream: the port's `Queue.addBulk` calls its scripts through a redis-py pipeline, whose
+    cluster form refuses `evalsha`. slackq does not use it; this names the day it works."""
+    client = redis_client(cluster.url, OPERATOR)
+    queue = Queue(QUEUE + "-bulk", {"connection": client, "prefix": PREFIX})
+    try:
+        with pytest.raises(RedisClusterException, match="evalsha is blocked"):
+            await queue.addBulk([{"name": "n", "data": {}}])
+        assert (await queue.add("n", {})).id  # one at a time works
+    finally:
+        await queue.close()
+        await client.aclose()
