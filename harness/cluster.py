@@ -93,7 +93,8 @@ class ClusterTopology:
 
     @staticmethod
     def cluster_ok(node: NodeProcess) -> bool:
-        reply = ask(node.host, node.port, lambda c: c.execute_command("CLUSTER", "INFO"))
+        reply = ask(node.host, node.port, lambda c: c.execute_command(  # type: ignore[no-untyped-call]
+            "CLUSTER", "INFO"))
         text = reply if isinstance(reply, str) else ""
         return "cluster_state:ok" in text
 
@@ -103,7 +104,8 @@ class ClusterTopology:
     @staticmethod
     def slot_map(node: NodeProcess) -> dict[tuple[int, int], int]:
         """(first, last) slot -> the port of the primary serving them, as `node` sees it."""
-        reply = ask(node.host, node.port, lambda c: c.execute_command("CLUSTER", "SLOTS"))
+        reply = ask(node.host, node.port, lambda c: c.execute_command(  # type: ignore[no-untyped-call]
+            "CLUSTER", "SLOTS"))
         if not isinstance(reply, list):
             return {}
         return {(int(r[0]), int(r[1])): int(r[2][1]) for r in reply}

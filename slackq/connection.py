@@ -59,10 +59,10 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import AbstractBackoff, EqualJitterBackoff, ExponentialBackoff, NoBackoff
-from redis.exceptions import ResponseError
-from redis.maint_notifications import MaintNotificationsConfig
 from redis.cluster import ClusterNode as SyncClusterNode
 from redis.cluster import RedisCluster as SyncRedisCluster
+from redis.exceptions import ResponseError
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry as SyncRetry
 from redis.sentinel import Sentinel as SyncSentinel
 
@@ -236,7 +236,8 @@ def sync_redis_client(url: str, profile: Profile, *, password: str | None = None
     cluster = cluster_address(url)
     if cluster is not None:
         kwargs = _cluster_kwargs(cluster, options)
-        nodes = [SyncClusterNode(host, port) for host, port in cluster.nodes]
+        nodes = [SyncClusterNode(host, port)  # type: ignore[no-untyped-call]
+                 for host, port in cluster.nodes]
         return cast(redis.Redis, SyncRedisCluster(startup_nodes=nodes, **kwargs))
     return redis.Redis(**{**redis_kwargs(url), **options}, decode_responses=True)
 

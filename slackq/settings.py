@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slackq.ack import AckDurability
+from slackq.errors import ConfigError
 from slackq.redis_url import (
     URL_SCHEMES,
     cluster_address,
@@ -17,7 +18,6 @@ from slackq.redis_url import (
     sentinel_address,
     with_sentinel_password,
 )
-from slackq.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_QUEUE_PREFIX = "bull"

@@ -41,10 +41,12 @@ PREFIX = "{bull}"
 QUEUE = "slack-events"
 
 
-def post(base: str, envelope: dict[str, object]) -> int:
+async def post(base: str, envelope: dict[str, object]) -> int:
     body = encode(envelope)
-    return httpx.post(f"{base}/slack/events", content=body, headers=signed_headers(body),
-                      timeout=10).status_code
+    async with httpx.AsyncClient() as http:
+        response = await http.post(f"{base}/slack/events", content=body,
+                                   headers=signed_headers(body), timeout=10)
+    return response.status_code
 
 
 def mention(index: int) -> dict[str, object]:
@@ -61,8 +63,9 @@ async def test_web_worker_node_and_cli_on_a_cluster(
     reset_error_stats(cluster)
     with procfile_stack(cluster.url, fake_slack, tmp_path) as (base, _web, worker):
         for index in range(1, 6):
-            assert post(base, mention(index)) == 200
-        health = httpx.get(f"{base}/health/redis", timeout=5).json()
+            assert await post(base, mention(index)) == 200
+        async with httpx.AsyncClient() as http:
+            health = (await http.get(f"{base}/health/redis", timeout=5)).json()
         assert health["healthy"] is True and health["maxmemory_policy"] == "noeviction"
         # Node enqueues a job in slackq's documented shape; slackq's worker replies to it.
         envelope = mention(6)
@@ -82,7 +85,7 @@ async def test_web_worker_node_and_cli_on_a_cluster(
         worker.stop()
         async with node_script("worker", node_config(cluster.url, QUEUE, PREFIX,
                                                       mode="complete", limit=1)) as node:
-            assert post(base, mention(7)) == 200
+            assert await post(base, mention(7)) == 200
             messages = await node.finish(within=30)
         [processed] = [m for m in messages if m["event"] == "process"]
         assert (processed["id"], processed["name"]) == ("Ev0CL0007", "app_mention")

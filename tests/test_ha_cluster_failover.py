@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bullmq import Queue
 import redis.asyncio as aioredis
+from bullmq import Queue
 from redis.exceptions import RedisError
 
 from harness.cluster import ClusterTopology
