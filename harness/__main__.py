@@ -4,7 +4,9 @@
         --server valkey --seed 7 --report report.json
     python -m harness check WORK_DIR/ledger --mode crash
     python -m harness topology sentinel   # primary, 2 replicas, 3 sentinels; prints REDIS_URL
+    python -m harness topology cluster    # 3 primaries with a replica each; prints REDIS_URL
     python -m harness failover --fault kill|partition --ack memory|replicas:1   # end to end
+    python -m harness failover --topology cluster --ack memory|replicas:1       # on a cluster
     python -m harness e2e --campaign crash|down|powerloss|maxmemory|sigstop|control|all \
         [--rate N --seconds S] [--topology sentinel]   # the Procfile's processes under faults
 

@@ -7,6 +7,7 @@ fast: a primary is down after `down_after_ms` (1 s), and a failover that stalls 
 `failover_timeout_ms`. `url` is the `redis+sentinel://` URL slackq's processes take.
 
     python -m harness topology sentinel   # prints REDIS_URL; Ctrl-C stops everything
+    python -m harness topology cluster    # three primaries, a replica each (harness.cluster)
 """
 
 from __future__ import annotations
@@ -263,22 +264,35 @@ class SentinelTopology:
 
 
 def serve(argv: list[str]) -> int:
-    """`python -m harness topology sentinel [--dir DIR] [--server redis|valkey|PATH]`: start the
-    topology, print its URL and ports, run until SIGINT/SIGTERM."""
+    """`python -m harness topology sentinel|cluster [--dir DIR] [--server redis|valkey|PATH]
+    [--replicas N]`: start the topology, print its URL and ports, run until SIGINT/SIGTERM."""
+    from harness.cluster import ClusterTopology  # it builds on this module
+
     parser = argparse.ArgumentParser(prog="python -m harness topology")
-    parser.add_argument("kind", choices=("sentinel",))
+    parser.add_argument("kind", choices=("sentinel", "cluster"))
     parser.add_argument("--dir", type=Path, default=None, help="default: a temporary directory")
     parser.add_argument("--server", default=None, help="redis (default), valkey or a path")
+    parser.add_argument("--replicas", type=int, default=None,
+                        help="replicas (sentinel: 2) or replicas per primary (cluster: 1)")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     with tempfile.TemporaryDirectory() as work:
-        topology = SentinelTopology(args.dir or Path(work), binary=args.server).start()
+        base = args.dir or Path(work)
+        topology: SentinelTopology | ClusterTopology
+        if args.kind == "cluster":
+            replicas = 1 if args.replicas is None else args.replicas
+            topology = ClusterTopology(base, replicas=replicas, binary=args.server).start()
+            described = f"{len(topology.nodes)} nodes: {topology.primaries} primaries"
+        else:
+            replicas = 2 if args.replicas is None else args.replicas
+            topology = SentinelTopology(base, replicas=replicas, binary=args.server).start()
+            described = (" ".join(str(node.port) for node in topology.nodes)
+                         + f" (primary {topology.primary_port()})")
         try:
             print(f"REDIS_URL={topology.url}")
-            print("data nodes: " + " ".join(str(node.port) for node in topology.nodes)
-                  + f" (primary {topology.primary_port()}); Ctrl-C stops everything", flush=True)
+            print(f"data nodes: {described}; Ctrl-C stops everything", flush=True)
             stop.wait()
         finally:
             topology.stop()

@@ -368,7 +368,15 @@ async def same_node_as(client: aioredis.Redis, key: str, *,
 
 
 async def eviction_policy(client: aioredis.Redis) -> str:
-    """The server's `maxmemory-policy`, read through INFO (CONFIG may be renamed in production)."""
+    """The server's `maxmemory-policy`, read through INFO (CONFIG may be renamed in production).
+
+    On a Redis Cluster, every primary's: the first that is not `noeviction`, if any (a cluster
+    client would ask one node of its choosing).
+    """
+    if isinstance(client, RedisCluster):
+        replies = await client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        policies = {str(info.get("maxmemory_policy", "unknown")) for info in replies.values()}
+        return next((p for p in sorted(policies) if p != "noeviction"), "noeviction")
     info = await client.info("memory")
     return str(info.get("maxmemory_policy", "unknown"))
 

@@ -15,7 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
-from slackq.connection import PATIENT_PROBE, redis_client
+from slackq.connection import PATIENT_PROBE, eviction_policy, redis_client
 
 # BullMQ's recommended minimum; below it the port falls back to slower blocking commands.
 MIN_VERSION = (6, 2, 0)
@@ -45,7 +45,7 @@ async def gather_facts(client: aioredis.Redis, url: str) -> RedisFacts:
     info = await client.info()
     return RedisFacts(
         version=str(info.get("redis_version", "0")),
-        eviction_policy=str(info.get("maxmemory_policy", "unknown")),
+        eviction_policy=await eviction_policy(client),  # a cluster's: every primary's
         maxmemory=int(info.get("maxmemory", 0)),
         used_memory=int(info.get("used_memory", 0)),
         aof_enabled=int(info.get("aof_enabled", 0)) == 1,
