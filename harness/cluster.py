@@ -130,6 +130,15 @@ class ClusterTopology:
         best = max(votes.items(), key=lambda item: item[1], default=None)
         return best[0] if best else None
 
+    def replicas_of(self, port: int) -> list[NodeProcess]:
+        """The live replicas of the primary on `port` (ROLE: slave, its primary's port)."""
+        found = []
+        for node in self.alive():
+            role = ask(node.host, node.port, lambda client: client.role())
+            if isinstance(role, list) and role[:1] == ["slave"] and int(role[2]) == port:
+                found.append(node)
+        return found
+
     def node(self, port: int) -> NodeProcess:
         return next(node for node in self.nodes if node.port == port)
 

@@ -64,6 +64,15 @@ class NodeProcess(RedisProcess):
     def command(self) -> list[str]:
         return [*self.prefix, *super().command()]
 
+    def pause(self) -> None:
+        """SIGSTOP: the node neither answers nor replicates until `resume`."""
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGCONT)
+
 
 @dataclass
 class SentinelProcess:

@@ -45,6 +45,12 @@ get `LeanSentinelConnectionPool` (slackq/sentinel_pool.py says why, and why its 
 the sentinels on every reconnect). Clients that count
 their (re)connections for /metrics say so in their profile. Everything slackq reads from Redis is
 text: every client decodes responses.
+
+Cluster: `redis+cluster://[[user]:password@]host:port[,host:port…]` (`rediss+cluster://`). Every
+profile gives redis-py's `RedisCluster` (typed here as a `Redis`: the commands slackq sends are
+the same), its timeouts and connection counting as the profile says; `_cluster_client` says what
+differs (retries are attempts, per-node pools, no lean pool). `same_node_as` routes the keyless
+`WAIT` / `WAITAOF` to the node holding the queue's slot. URLs are parsed in `slackq.redis_url`.
 """
 
 from __future__ import annotations
