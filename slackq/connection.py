@@ -313,8 +313,8 @@ def _sentinel_client(address: SentinelAddress, profile: Profile,
 
 def _cluster_kwargs(address: ClusterAddress, options: dict[str, Any]) -> dict[str, Any]:
     """Options of a cluster client: the URL's, then the profile's, except the connection hook
-    (a cluster client takes none: `_cluster_client` installs it) and the retry, which a cluster
-    client reads as a number of attempts only (`_cluster_client`)."""
+    (a cluster client takes none: `_cluster_client` installs it). A synchronous cluster client
+    connects as it is built (a RedisError then, where other clients connect lazily)."""
     kwargs = {**address.node, **options, "decode_responses": True}
     kwargs.pop("redis_connect_func", None)
     if address.tls:
