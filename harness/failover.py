@@ -2,6 +2,7 @@
 
     python -m harness failover --fault kill --ack replicas:1
     python -m harness failover --fault partition --ack memory      # root, Linux (ip netns)
+    python -m harness failover --topology cluster --ack replicas:1 # Redis Cluster
 
 One campaign: a primary, two replicas and three sentinels (`harness.topology`); the Procfile's
 web and worker processes on its `redis+sentinel://` URL, replying to the Slack stand-in; signed
@@ -11,6 +12,15 @@ web and worker processes on its `redis+sentinel://` URL, replying to the Slack s
 * `partition`: cut the primary off from the replicas and the sentinels while the web and worker
   still reach it; healed `partition_seconds` after the sentinels promoted a replica (the old
   primary then rejoins as a replica and drops what it took alone).
+
+`--topology cluster`: three primaries with a replica each (`--cluster-replicas N`,
+`harness.cluster`) on a `redis+cluster://` URL, prefix `{bull}`; `kill` SIGKILLs the primary
+serving the `{bull}` slot and a replica takes over (the cluster's own failover,
+`cluster-node-timeout` 1 s); the killed node is then restarted and rejoins as a replica.
+`kill-lagging` (cluster only), the control: the replica is stopped (SIGSTOP) and its
+replication link cut for `lag_seconds`, so the primary acknowledges writes it never gets; then
+the primary is killed and the replica resumed: it takes over without them. `memory` must show
+those acks lost, `replicas:1` none (its WAIT could not be confirmed meanwhile: 503s).
 
 Traffic runs on for `after` acknowledged events past the fault (or `deadline`), then the
 campaign waits for the replies. The report counts, per ACK_DURABILITY mode: events acked (200),
@@ -31,24 +41,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from harness.cluster import ClusterTopology
 from harness.procfile import procfile_stack
 from harness.slack_standin import FakeSlack
-from harness.topology import SentinelTopology, ask
+from harness.topology import NodeProcess, SentinelTopology, ask
 from harness.webhook_traffic import EventTraffic, event_ts, tally
 
 SECRET = "failover-campaign-signing-secret"
 TOKEN = "xoxb-fake"
-Fault = Literal["kill", "partition"]
+Fault = Literal["kill", "partition", "kill-lagging"]
+Topology = Literal["sentinel", "cluster"]
+CLUSTER_PREFIX = "{bull}"  # the cluster default of QUEUE_PREFIX
 
 
 @dataclass(frozen=True)
 class FailoverConfig:
     fault: Fault = "kill"
+    topology: Topology = "sentinel"
+    cluster_replicas: int = 1  # replicas per primary on a cluster
     ack: str = "memory"
     rate: float = 25.0
     before: int = 20
     after: int = 40
     partition_seconds: float = 3.0
+    lag_seconds: float = 0.8  # kill-lagging: below cluster-node-timeout, or the replica is failed
     deadline: float = 90.0
     reply_wait: float = 60.0  # for every acked event's reply (then only the last one's, 30 s)
     worker_processes: int = 2
@@ -62,10 +78,82 @@ def _wait(condition: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+class Cluster:
+    """A `ClusterTopology` seen as the campaign sees a Sentinel one: the URL, the fault, the
+    failover, the primary that holds the queue."""
+
+    def __init__(self, work: Path, replicas: int) -> None:
+        self.topology = ClusterTopology(work, replicas=replicas).start()
+        self.url = self.topology.url
+
+    def kill_primary(self) -> NodeProcess:
+        return self.topology.kill_owner(CLUSTER_PREFIX)
+
+    def kill_primary_lagging(self, lag_seconds: float) -> NodeProcess:
+        """Stop the primary's replica(s), let the primary take writes alone for `lag_seconds`,
+        kill it, resume them: a replica promoted without the last writes."""
+        port = self.topology.owner_port(CLUSTER_PREFIX) or 0
+        replicas = self.topology.replicas_of(port)
+        for replica in replicas:
+            replica.pause()
+        # Cut the replication links: what the primary sent before stays in the paused
+        # replica's socket buffer, what it takes from now on reaches no replica.
+        primary = self.topology.node(port)
+        ask(primary.host, primary.port, lambda client: client.client_kill_filter(_type="replica"))
+        time.sleep(lag_seconds)  # the fault's length: traffic goes on meanwhile
+        old = self.topology.kill_owner(CLUSTER_PREFIX)
+        for replica in replicas:
+            replica.resume()
+        return old
+
+    def wait_failover(self, old_port: int) -> int:
+        """Wait for the replica's takeover, then restart the killed node, as a supervisor
+        would: it rejoins as the new primary's replica. Until then the shard has no replica,
+        so `replicas:1` cannot be confirmed."""
+        port = self.topology.wait_failover(CLUSTER_PREFIX, old_port)
+        self.topology.node(old_port).start()
+        return port
+
+    def queue_primary(self) -> NodeProcess:
+        return self.topology.node(self.topology.owner_port(CLUSTER_PREFIX) or 0)
+
+    def stop(self) -> None:
+        self.topology.stop()
+
+
+def _topology(config: FailoverConfig, work: Path) -> SentinelTopology | Cluster:
+    if config.topology == "cluster":
+        if config.fault == "partition":
+            raise ValueError("on a cluster the campaign's faults are kill and kill-lagging")
+        return Cluster(work / "topology", config.cluster_replicas)
+    if config.fault == "kill-lagging":
+        raise ValueError("kill-lagging is a cluster campaign (--topology cluster)")
+    return SentinelTopology(work / "topology", partitionable=config.fault == "partition").start()
+
+
+def _fault(topology: SentinelTopology | Cluster, config: FailoverConfig) -> NodeProcess:
+    """Apply the campaign's fault; return the primary it hit."""
+    if isinstance(topology, Cluster):
+        if config.fault == "kill-lagging":
+            return topology.kill_primary_lagging(config.lag_seconds)
+        return topology.kill_primary()
+    if config.fault == "partition":
+        return topology.partition_primary()
+    return topology.kill_primary()
+
+
+def _queue_primary(topology: SentinelTopology | Cluster) -> NodeProcess:
+    if isinstance(topology, Cluster):
+        return topology.queue_primary()
+    primary = topology.primary_port()
+    assert primary is not None
+    return topology.node(primary)
+
+
 def run_failover(config: FailoverConfig, work: Path) -> dict[str, Any]:
     """One campaign in `work` (topology data, process logs); returns the report."""
-    topology = SentinelTopology(work / "topology",
-                                partitionable=config.fault == "partition").start()
+    topology = _topology(config, work)
+    partition = isinstance(topology, SentinelTopology) and config.fault == "partition"
     slack = FakeSlack().start()
     env = {"ACK_DURABILITY": config.ack, "WORKER_PROCESSES": str(config.worker_processes),
            "WORKER_RATE_PER_CHANNEL": "0", "WORKER_RATE_PER_TEAM": "0"}
@@ -79,18 +167,17 @@ def run_failover(config: FailoverConfig, work: Path) -> dict[str, Any]:
             try:
                 _wait(lambda: len(traffic.acked()) >= config.before, config.deadline,
                       f"{config.before} events acknowledged before the fault")
-                old = (topology.partition_primary() if config.fault == "partition"
-                       else topology.kill_primary())
+                old = _fault(topology, config)
                 fault_at, fault_wall = time.monotonic(), time.time()  # the fault is complete
                 topology.wait_failover(old.port)
-                if config.fault == "partition":
+                if partition and isinstance(topology, SentinelTopology):
                     time.sleep(config.partition_seconds)  # the fault's length, not a wait
                     topology.heal()
                 _wait(lambda: len(traffic.acked(fault_at)) >= config.after, config.deadline,
                       f"{config.after} events acknowledged after the fault")
             finally:
                 traffic.finish()
-            if config.fault == "partition":
+            if partition and isinstance(topology, SentinelTopology):
                 _wait(lambda: topology.replica_in_sync(old), config.deadline,
                       "the old primary to rejoin as a replica")
             report = _report(config, topology, slack, traffic, fault_at, fault_wall)
@@ -101,7 +188,7 @@ def run_failover(config: FailoverConfig, work: Path) -> dict[str, Any]:
         topology.stop()
 
 
-def _report(config: FailoverConfig, topology: SentinelTopology, slack: FakeSlack,
+def _report(config: FailoverConfig, topology: SentinelTopology | Cluster, slack: FakeSlack,
             traffic: EventTraffic, fault_at: float, fault_wall: float) -> dict[str, Any]:
     acked = traffic.acked()
     expected = {event_ts(i) for i in acked}
@@ -115,10 +202,9 @@ def _report(config: FailoverConfig, topology: SentinelTopology, slack: FakeSlack
     except TimeoutError:
         _wait(lambda: event_ts(acked[-1]) in replies(), 30, "a reply to the last acked event")
     counted = tally(traffic.sent, replies())
-    primary = topology.primary_port()
-    assert primary is not None
-    node = topology.node(primary)
-    records = set(_job_ids(node.host, node.port))
+    node = _queue_primary(topology)
+    prefix = CLUSTER_PREFIX if isinstance(topology, Cluster) else "bull"
+    records = set(_job_ids(node.host, node.port, prefix))
     ok = sorted((s for s in traffic.sent if s.status == 200), key=lambda s: s.at)
     seconds = sorted(s.seconds for s in ok)
     # Jobs of requests sent after the fault: when the first was stored (its 200 came back) and
@@ -127,6 +213,8 @@ def _report(config: FailoverConfig, topology: SentinelTopology, slack: FakeSlack
     completed = [c.at for c in slack.calls_to("chat.postMessage")
                  if c.args.get("thread_ts") in sent_after]
     return {
+        "topology": config.topology + (f" (replicas per primary: {config.cluster_replicas})"
+                                       if config.topology == "cluster" else ""),
         "fault": config.fault, "ack_durability": config.ack, "sent": counted.sent,
         "acked": counted.acked, "lost": len(counted.lost),
         "records_lost": sum(1 for i in acked if f"Ev0FO{i:06d}" not in records),
@@ -141,20 +229,25 @@ def _report(config: FailoverConfig, topology: SentinelTopology, slack: FakeSlack
     }
 
 
-def _job_ids(host: str, port: int) -> list[str]:
-    keys = ask(host, port, lambda client: client.keys("bull:slack-events:Ev0FO*"))
+def _job_ids(host: str, port: int, prefix: str) -> list[str]:
+    pattern = f"{prefix}:slack-events:Ev0FO*".replace("{", "\\{").replace("}", "\\}")
+    keys = ask(host, port, lambda client: client.keys(pattern))
     return [str(key).rsplit(":", 1)[-1] for key in keys or []]
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness failover",
                                      description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--fault", choices=("kill", "partition"), default="kill")
+    parser.add_argument("--fault", choices=("kill", "partition", "kill-lagging"), default="kill")
+    parser.add_argument("--topology", choices=("sentinel", "cluster"), default="sentinel")
+    parser.add_argument("--cluster-replicas", type=int, default=1,
+                        help="replicas per primary with --topology cluster")
     parser.add_argument("--ack", default="memory", help="ACK_DURABILITY (memory, replicas:1…)")
     parser.add_argument("--rate", type=float, default=25.0)
     parser.add_argument("--work-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    config = FailoverConfig(fault=args.fault, ack=args.ack, rate=args.rate)
+    config = FailoverConfig(fault=args.fault, topology=args.topology, ack=args.ack,
+                            rate=args.rate, cluster_replicas=args.cluster_replicas)
     with tempfile.TemporaryDirectory() as temporary:
         report = run_failover(config, args.work_dir or Path(temporary))
     print(json.dumps(report))
