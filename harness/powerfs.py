@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 PAGE = 4096
+# How long a power cut waits for the files of the SIGKILLed server to be released.
+DROP_WAIT = 10.0
 STAT_FIELDS = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_atime_ns",
                "st_mtime_ns", "st_ctime_ns", "st_blocks", "st_blksize", "st_rdev")
 
@@ -44,11 +46,19 @@ class Dirty:
 
 
 class PageCache:
-    """Dirty pages per inode (dev, ino); all methods are called with the lock held."""
+    """Dirty pages per inode (dev, ino); all methods are called with the lock held.
+
+    Every operation that looks at the backing file and at the cache must do both under the
+    lock: a flush (fsync) rewrites the backing file while holding it, so a backing size read
+    outside the lock can be a half-flushed one with the cache entry already gone.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        # Signalled (with `lock`) when a file handle is released: a power cut waits for them.
+        self.released = threading.Condition(self.lock)
         self.inodes: dict[tuple[int, int], Dirty] = {}
+        self.open_handles: set[int] = set()
 
     @staticmethod
     def key(st: os.stat_result) -> tuple[int, int]:
@@ -151,6 +161,25 @@ class PageCache:
         for key in list(self.inodes):
             self.flush(key)
 
+    def drop_when_closed(self, timeout: float) -> str:
+        """The power cut, once no file on the mount is open (call with the lock held).
+
+        A power cut stops every writer. Dropping under a process that still has a file open
+        leaves the kernel's idea of the file (its size, where O_APPEND writes go) ahead of
+        the file: its next write lands past the end and leaves a hole of zeros in the middle,
+        a corruption no disk produces. So the caller kills the writers first; a SIGKILLed
+        process's files are released asynchronously, hence the wait.
+        """
+        deadline = time.monotonic() + timeout
+        while self.open_handles:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return (f"error {len(self.open_handles)} file(s) still open on the mount: "
+                        "kill their processes before the power cut")
+            self.released.wait(left)
+        dropped, files = self.drop_all()
+        return f"dropped {dropped} {files}"
+
 
 def _operations_base() -> type:
     from mfusepy import Operations
@@ -185,9 +214,12 @@ def build_operations(backing: Path, cache: PageCache, fsync_delay: float = 0.0) 
                 config.kernel_cache = 0
 
         def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
-            st = os.fstat(fh) if fh is not None else os.lstat(self._full(path))
-            attrs = {name: getattr(st, name) for name in STAT_FIELDS}
+            # The stat under the lock (PageCache): the kernel takes this size as the file's,
+            # and sends the next O_APPEND write there; a half-flushed size would make that
+            # write overwrite acknowledged data (issue found by the e2e campaigns).
             with cache.lock:
+                st = os.fstat(fh) if fh is not None else os.lstat(self._full(path))
+                attrs = {name: getattr(st, name) for name in STAT_FIELDS}
                 entry = cache.lookup(st)
                 if entry is not None:
                     attrs["st_size"] = entry.size
@@ -267,8 +299,9 @@ def build_operations(backing: Path, cache: PageCache, fsync_delay: float = 0.0) 
             # would ignore them. A truncating open is cached like any truncate.
             backing_flags = (flags & ~(os.O_APPEND | os.O_TRUNC | os.O_ACCMODE)) | os.O_RDWR
             fd = int(os.open(self._full(path), backing_flags, mode))
-            if flags & os.O_TRUNC:
-                with cache.lock:
+            with cache.lock:
+                cache.open_handles.add(fd)
+                if flags & os.O_TRUNC:
                     cache.truncate(fd, 0)
             return fd
 
@@ -317,7 +350,10 @@ def build_operations(backing: Path, cache: PageCache, fsync_delay: float = 0.0) 
             return 0
 
         def release(self, _path: str, fh: int) -> int:
-            os.close(fh)
+            with cache.lock:
+                cache.open_handles.discard(fh)
+                os.close(fh)
+                cache.released.notify_all()
             return 0
 
         def destroy(self, _path: str) -> None:
@@ -329,18 +365,19 @@ def build_operations(backing: Path, cache: PageCache, fsync_delay: float = 0.0) 
 
 
 class _Control(socketserver.StreamRequestHandler):
-    """One command per line: `ping`, `drop` (the power cut), `sync` (flush everything)."""
+    """One command per line: `ping`, `drop [SECONDS]` (the power cut: waits up to SECONDS,
+    DROP_WAIT by default, for the files on the mount to be closed, and refuses while any is
+    open), `sync` (flush everything)."""
 
     def handle(self) -> None:
         cache: PageCache = self.server.cache  # type: ignore[attr-defined]
         for raw in self.rfile:
-            command = raw.decode().strip()
+            command, *args = raw.decode().split() or [""]
             with cache.lock:
                 if command == "ping":
                     reply = "pong"
                 elif command == "drop":
-                    dropped, files = cache.drop_all()
-                    reply = f"dropped {dropped} {files}"
+                    reply = cache.drop_when_closed(float(args[0]) if args else DROP_WAIT)
                 elif command == "sync":
                     cache.flush_all()
                     reply = "synced"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import PowerLossUnavailable
-from harness.powerfs import send
+from harness.powerfs import DROP_WAIT, send
 
 
 def unavailable_reason() -> str | None:
@@ -93,9 +93,11 @@ class PowerLossDisk:
         except OSError:
             return False
 
-    def drop(self) -> int:
-        """The power cut (call it while the server is dead): returns the bytes discarded."""
-        reply = send(self.control, "drop").split()
+    def drop(self, wait: float = DROP_WAIT) -> int:
+        """The power cut (call it once the server is dead: the layer waits up to `wait` seconds
+        for its files to be released and refuses while any stays open); returns the bytes
+        discarded."""
+        reply = send(self.control, f"drop {wait}", timeout=wait + 10).split()
         if reply[:1] != ["dropped"]:
             raise PowerLossUnavailable(f"FUSE layer refused drop: {' '.join(reply)}")
         return int(reply[1])
