@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -45,8 +46,6 @@ def disk(tmp_path: Path) -> Iterator[PowerLossDisk]:
     finally:
         layer.stop()
         if root != tmp_path:
-            import shutil
-
             shutil.rmtree(root, ignore_errors=True)
 
 

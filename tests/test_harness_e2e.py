@@ -13,7 +13,6 @@ something. The control (`appendonly no`) must lose: the tally sees a loss when t
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
