@@ -5,22 +5,18 @@ the same on every backend); the feed forgets everything when it may have missed 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 from bullmq import Queue
-from sqlalchemy import text
 
 from harness.slack_standin import FakeSlack
 from slackq.connection import command_profile
 from slackq.connection import redis_client as make_client
 from slackq.embedded import RedisProcess
-from slackq.installations import open_db
 from tests.databases import token_key
 from tests.processes import Proc, process_env
 from tests.waiting import wait_until
@@ -28,57 +24,18 @@ from tests.worker_helpers import JOBS
 from tests.workspace_support import (
     CLIENT_ID,
     CLIENT_SECRET,
+    Jobs,
+    delete_behind_slackq,
+    events,
+    handled,
     install,
     lifecycle_event,
-    mention,
     multi_env,
     multi_settings,
 )
 from worker.installation_changes import InstallationChanges, Key, channel_name
 
 TOKEN_A, TOKEN_B = "xoxb-A-cached-not-real", "xoxb-B-cached-not-real"
-ROUND_SECONDS = 20
-
-
-def events(proc: Proc, name: str) -> list[dict[str, Any]]:
-    """The process's log lines of event `name` (JSON lines)."""
-    lines = [json.loads(line) for line in proc.output().splitlines() if line.startswith("{")]
-    return [line for line in lines if line.get("event") == name]
-
-
-def handled(proc: Proc, prefix: str, event: str = "job_completed") -> set[str]:
-    return {str(line.get("job_id")) for line in events(proc, event)
-            if str(line.get("job_id")).startswith(prefix)}
-
-
-class Jobs:
-    def __init__(self, queue: Queue, admin: redis.Redis) -> None:
-        self.queue, self.admin, self.count = queue, admin, 0
-
-    async def add(self, prefix: str, team: str) -> str:
-        self.count += 1
-        envelope = mention(f"{prefix}{self.count:03}", team, ts=f"1700000{self.count:03}.0001")
-        await self.queue.add("app_mention", envelope, JOBS.for_job(envelope["event_id"]))
-        return str(envelope["event_id"])
-
-    def ended_now(self, job_id: str) -> bool:
-        return any(self.admin.zscore(f"bull:slack-events:{state}", job_id) is not None
-                   for state in ("completed", "failed"))
-
-    async def ended(self, job_ids: list[str]) -> None:
-        await wait_until(lambda: all(self.ended_now(job_id) for job_id in job_ids),
-                         ROUND_SECONDS, f"jobs {job_ids} ended")
-
-    async def until_each_handled(self, workers: list[Proc], prefix: str, team: str,
-                                 event: str = "job_completed") -> None:
-        """Add `team`'s jobs until each process has handled one with `event` (where a job goes
-        is BullMQ's choice: wait for the condition, not a count)."""
-        async def round_() -> bool:
-            await self.ended([await self.add(prefix, team), await self.add(prefix, team)])
-            if event != "job_completed":  # a job that should fail but completed: fail now
-                assert not any(handled(proc, prefix) for proc in workers), f"a {prefix} job ran"
-            return all(handled(proc, prefix, event) for proc in workers)
-        await wait_until(round_, 60, f"both processes handled a {prefix} job")
 
 
 @pytest.fixture
@@ -104,14 +61,6 @@ async def workers(redis_server: RedisProcess, fake_slack: FakeSlack,
             proc.stop()
 
 
-async def delete_behind_slackq(database: str, team: str) -> None:
-    db = open_db(multi_settings("redis://unused", "http://unused", database, token_key()))
-    async with db.engine.begin() as conn:
-        for table in ("slack_bots", "slack_installations"):
-            await conn.execute(text(f"DELETE FROM {table} WHERE team_id = :team"), {"team": team})
-    await db.close()
-
-
 @pytest.mark.slow
 async def test_an_uninstall_in_one_process_empties_the_others_cache(
         workers: tuple[list[Proc], str], redis_server: RedisProcess, redis_client: redis.Redis,
@@ -128,7 +77,8 @@ async def test_an_uninstall_in_one_process_empties_the_others_cache(
 
         # Control: a team deleted behind slackq's back (no announcement) is still served from
         # each process's cache, with its old token. So the cache is warm in both processes.
-        await delete_behind_slackq(database, "T0B")
+        await delete_behind_slackq(
+            multi_settings("redis://unused", "http://unused", database, token_key()), "T0B")
         await jobs.until_each_handled(procs, "Ev0CB", "T0B")
 
         uninstall = lifecycle_event("Ev0UNA", "T0A", {"type": "app_uninstalled"})

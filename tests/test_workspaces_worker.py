@@ -11,20 +11,20 @@ import pytest
 import redis.asyncio as aioredis
 from bullmq import Queue
 from pydantic import ValidationError
-from sqlalchemy import text
 
 from harness.slack_standin import FakeSlack, Grant, slack_error
 from slackq.contract import JobOptions
 from slackq.embedded import RedisProcess
-from slackq.installations import open_db
 from slackq.models import parse_envelope
 from slackq.settings import Settings
 from tests.databases import db_url, pg_database, token_key  # noqa: F401 - fixtures
 from tests.waiting import wait_until
 from tests.worker_helpers import job_key, job_state, make_queue
 from tests.workspace_support import (
+    ACCEPT_SAVES,
     CLIENT_ID,
     CLIENT_SECRET,
+    REFUSE_SAVES,
     install,
     lifecycle_event,
     mention,
@@ -32,6 +32,7 @@ from tests.workspace_support import (
     org_lifecycle_event,
     org_mention,
     raw_store,
+    store_ddl,
 )
 from worker.errors import TransientError
 from worker.handlers import default_registry
@@ -307,30 +308,6 @@ async def test_an_org_wide_uninstall_naming_the_org_only_removes_the_org_install
     await ends(aclient, multi, after_workspace, "completed")
     assert (await reason(aclient, multi, after_org)).startswith("no_installation")
     assert fake_slack.tokens_used("chat.postMessage") == [TOKEN_ORG, TOKEN_A]
-
-
-# A store that refuses to save a bot (the database's own refusal, by a trigger), and back.
-REFUSE_SAVES = {
-    "sqlite": ["CREATE TRIGGER refuse_bots BEFORE UPDATE ON slack_bots "
-               "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"],
-    "postgresql": ["CREATE FUNCTION refuse_bots() RETURNS trigger LANGUAGE plpgsql AS "
-                   "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
-                   "CREATE TRIGGER refuse_bots BEFORE UPDATE ON slack_bots FOR EACH ROW "
-                   "EXECUTE FUNCTION refuse_bots()"],
-}
-ACCEPT_SAVES = {"sqlite": ["DROP TRIGGER refuse_bots"],
-                "postgresql": ["DROP TRIGGER refuse_bots ON slack_bots",
-                               "DROP FUNCTION refuse_bots()"]}
-
-
-async def store_ddl(settings: Settings, statements: list[str]) -> None:
-    db = open_db(settings)
-    try:
-        async with db.engine.begin() as conn:
-            for statement in statements:
-                await conn.execute(text(statement))
-    finally:
-        await db.close()
 
 
 async def test_a_refresh_the_store_refuses_is_held_and_its_refresh_token_never_sent_again(
