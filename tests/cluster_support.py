@@ -4,13 +4,17 @@ key slackq wrote sits in its prefix's slot, and that no node ever answered CROSS
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 
 from harness.cluster import ClusterTopology, key_slot
 from harness.topology import ask
+from slackq.connection import PROBE, sync_redis_client
 
 
 def cluster_unavailable_reason() -> str | None:
@@ -51,3 +55,46 @@ def reset_error_stats(topology: ClusterTopology) -> None:
     errors of what follows."""
     for node in topology.alive():
         ask(node.host, node.port, lambda client: client.config_resetstat())
+
+
+@contextmanager
+def keys_written(topology: ClusterTopology) -> Iterator[set[str]]:
+    """Every key written on the cluster's primaries inside the block, even one that lived only
+    a moment (a lock): keyevent notifications, switched on for the block. The set is filled
+    when the block ends (a PING then closes each node's feed: what came before it is in)."""
+    written: set[str] = set()
+    feeds: list[tuple[redis.Redis, redis.client.PubSub]] = []
+    primaries = [node for node in topology.alive()
+                 if (ask(node.host, node.port, lambda client: client.role()) or [""])[0]
+                 == "master"]
+    try:
+        for node in primaries:
+            client = sync_redis_client(f"redis://{node.host}:{node.port}/0", PROBE)
+            feeds.append((client, client.pubsub()))
+            client.config_set("notify-keyspace-events", "EA")  # keyevents, every command class
+            feeds[-1][1].psubscribe("__keyevent@0__:*")
+        yield written
+        for _, feed in feeds:
+            written |= _drain(feed)
+    finally:
+        for client, feed in feeds:
+            client.config_set("notify-keyspace-events", "")
+            feed.close()
+            client.close()
+
+
+def _drain(feed: redis.client.PubSub, within: float = 10.0) -> set[str]:
+    keys: set[str] = set()
+    feed.ping()
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        message = feed.get_message(timeout=0.5)
+        if message is None:
+            continue
+        if message["type"] == "pmessage":
+            keys.add(str(message["data"]))
+        elif message["type"] != "psubscribe":
+            # The PING's answer: "pong" in RESP2; in RESP3 a plain PONG, which redis-py's
+            # PubSub hands back as a message of an odd type ("P").
+            return keys
+    raise AssertionError(f"a node's keyevent feed did not answer PING within {within}s")
