@@ -42,7 +42,11 @@ profile works on it: the client asks the sentinels for the primary whenever a co
 and a connection that meets an error or `READONLY` (a demoted primary) is dropped, so the next
 command finds the new primary (redis-py's `SentinelManagedConnection`). Profiles with a lean pool
 get `LeanSentinelConnectionPool` (slackq/sentinel_pool.py says why, and why its connections ask
-the sentinels on every reconnect). Clients that count
+the sentinels on every reconnect). A primary cut off from the sentinels but not from its
+clients raises no error at all: with `sentinel_check_seconds` in the URL's query string, which
+`REDIS_SENTINEL_CHECK_SECONDS` fills in, every asyncio client also asks the sentinels that
+often and leaves a primary a majority of them no longer names (the "primary watch" in
+slackq/sentinel_pool.py). Clients that count
 their (re)connections for /metrics say so in their profile. Everything slackq reads from Redis is
 text: every client decodes responses.
 
@@ -301,6 +305,7 @@ def _sentinel_client(address: SentinelAddress, profile: Profile,
     manager = Sentinel(  # type: ignore[no-untyped-call]
         address.sentinels, sentinel_kwargs=_sentinel_kwargs(address, profile))
     kwargs = _node_kwargs(address, options)
+    kwargs["primary_check_seconds"] = address.check_seconds
     pool_class: type[SentinelConnectionPool] = ClosesSentinels
     if profile.pool_size is not None:
         pool_class = LeanSentinelConnectionPool

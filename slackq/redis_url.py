@@ -4,7 +4,8 @@
 * `redis://`, `rediss://` (TLS), `unix://`: one Redis, as redis-py reads them.
 * Sentinel: `redis+sentinel://[[user]:password@]host:port[,host:port…]/<master>[/<db>]`
   (`rediss+sentinel://`), `sentinel_password` in the query string when the sentinels have their
-  own. A port left out is 26379.
+  own, `sentinel_check_seconds` for the primary watch (slackq/sentinel_pool.py). A port left
+  out is 26379.
 * Cluster: `redis+cluster://[[user]:password@]host:port[,host:port…][/0]` (`rediss+cluster://`):
   any nodes of the cluster (the client discovers the rest). A port left out is 6379; a cluster
   has database 0 only.
@@ -38,6 +39,7 @@ class SentinelAddress:
     tls: bool
     node: dict[str, Any] = field(default_factory=dict)
     sentinel_password: str | None = None
+    check_seconds: float | None = None  # the primary watch's period; None: no watch
 
 
 @dataclass(frozen=True)
@@ -105,10 +107,14 @@ def sentinel_address(url: str) -> SentinelAddress | None:
                          "[,host:port…]/<master-name>[/<db>]")
     node = dict(parts.node)
     sentinel_password = node.pop("sentinel_password", None)
+    try:
+        check_seconds = float(node.pop("sentinel_check_seconds", 0)) or None
+    except ValueError:
+        raise ValueError(f"{scheme}:// URL: sentinel_check_seconds is not a number") from None
     if db is not None:
         node["db"] = db
     return SentinelAddress(parts.hosts, names[0], scheme.startswith("rediss"), node,
-                           sentinel_password)
+                           sentinel_password, check_seconds)
 
 
 def cluster_address(url: str) -> ClusterAddress | None:
@@ -134,12 +140,18 @@ def is_cluster(url: str) -> bool:
     return url.startswith(CLUSTER_SCHEMES)
 
 
+def with_sentinel_option(url: str, name: str, value: str) -> str:
+    """`url` with the query option `name` (`sentinel_password`, `sentinel_check_seconds`) set to
+    `value` (one the URL already has wins)."""
+    if f"{name}=" in url:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{name}={quote(value, safe='')}"
+
+
 def with_sentinel_password(url: str, password: str) -> str:
     """`url` with the sentinels' password as its `sentinel_password` option (one the URL already
     has wins)."""
-    if "sentinel_password=" in url:
-        return url
-    return f"{url}{'&' if '?' in url else '?'}sentinel_password={quote(password, safe='')}"
+    return with_sentinel_option(url, "sentinel_password", password)
 
 
 def redis_kwargs(url: str) -> dict[str, Any]:

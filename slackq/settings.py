@@ -16,6 +16,7 @@ from slackq.redis_url import (
     has_hash_tag,
     is_cluster,
     sentinel_address,
+    with_sentinel_option,
     with_sentinel_password,
 )
 
@@ -54,6 +55,15 @@ class Settings(BaseSettings):
         default=None,
         description="The sentinels' own password, when they have one (`requirepass` in "
                     "sentinel.conf). Only with a `redis+sentinel://` REDIS_URL.")
+    redis_sentinel_check_seconds: float = Field(
+        default=1.0, ge=0, le=60,
+        description="Behind Sentinel, how often each Redis client asks the sentinels which node "
+                    "is the primary, and leaves the one it is on when a majority of them names "
+                    "another. A primary cut off from its sentinels but not from its clients "
+                    "gives them no error until the partition heals: without this check the web "
+                    "and the workers stay on it, and what the workers complete there is "
+                    "discarded with it. One `SENTINEL GET-MASTER-ADDR-BY-NAME` per sentinel per "
+                    "client; `0` turns the check off (docs/high-availability.md).")
     ack_durability: str = Field(
         default="memory",
         description="What a 200 to Slack promises about the stored job. `memory`: it is in the "
@@ -308,14 +318,18 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _sentinel_password_in_url(self) -> Settings:
-        """Every client is built from REDIS_URL alone: the sentinels' password rides in it."""
+    def _sentinel_options_in_url(self) -> Settings:
+        """Every client is built from REDIS_URL alone: the sentinels' password and the primary
+        watch's period ride in it."""
+        url = self.redis_url
         password = self.redis_sentinel_password
-        if password is None or not password.get_secret_value():
-            return self
-        if sentinel_address(self.redis_url) is None:
-            raise ValueError("REDIS_SENTINEL_PASSWORD needs a redis+sentinel:// REDIS_URL")
-        url = with_sentinel_password(self.redis_url, password.get_secret_value())
+        if password is not None and password.get_secret_value():
+            if sentinel_address(url) is None:
+                raise ValueError("REDIS_SENTINEL_PASSWORD needs a redis+sentinel:// REDIS_URL")
+            url = with_sentinel_password(url, password.get_secret_value())
+        if self.redis_sentinel_check_seconds and sentinel_address(url) is not None:
+            url = with_sentinel_option(url, "sentinel_check_seconds",
+                                       f"{self.redis_sentinel_check_seconds:g}")
         object.__setattr__(self, "redis_url", url)  # frozen: set once, while validating
         return self
 

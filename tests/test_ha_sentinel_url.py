@@ -71,7 +71,11 @@ def test_settings_accept_sentinel_urls_and_fold_in_the_sentinels_password(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for scheme in ("redis+sentinel", "rediss+sentinel"):
-        assert Settings(redis_url=f"{scheme}://h1/m").redis_url == f"{scheme}://h1/m"
+        assert Settings(redis_url=f"{scheme}://h1/m").redis_url == \
+            f"{scheme}://h1/m?sentinel_check_seconds=1"
+    assert Settings(redis_url="redis+sentinel://h1/m",
+                    redis_sentinel_check_seconds=0).redis_url == "redis+sentinel://h1/m"
+    assert Settings(redis_url="redis://h1/0").redis_url == "redis://h1/0"
     monkeypatch.setenv("REDIS_URL", "redis+sentinel://h1,h2/m")
     monkeypatch.setenv("REDIS_SENTINEL_PASSWORD", "p&w")
     settings = load_settings()
@@ -142,6 +146,20 @@ async def test_tls_and_the_sentinels_password_reach_the_sentinels() -> None:
         assert "sentinel_password" not in pool.connection_kwargs
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("profile", [PROBE, PRODUCER], ids=["redis-py-pool", "lean-pool"])
+async def test_the_primary_watch_period_reaches_the_pool_not_the_nodes(profile: Any) -> None:
+    client = redis_client("redis+sentinel://h1/m?sentinel_check_seconds=0.5", profile)
+    try:
+        pool = client.connection_pool
+        assert pool.primary_check_seconds == 0.5  # type: ignore[attr-defined]
+        assert "sentinel_check_seconds" not in pool.connection_kwargs
+    finally:
+        await client.aclose()
+    client = redis_client("redis+sentinel://h1/m", profile)
+    assert client.connection_pool.primary_check_seconds is None  # type: ignore[attr-defined]
+    await client.aclose()
 
 
 async def test_the_ports_own_connection_becomes_a_client_of_two() -> None:
