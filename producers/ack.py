@@ -8,6 +8,13 @@ replicas (or on disk) so is every write the primary made before it: every add th
 returned when the mark was sent. Requests arriving while a confirmation is in flight share the
 next one, so under load one round trip confirms many jobs (as the batcher's pipelines store many).
 
+The mark confirms only the server it is written on. Behind Sentinel the webhook's clients may
+move to a new primary one after the other (a partition: slackq/sentinel_pool.py), so the add
+can land on the old primary and the mark on the new one, where `WAIT` succeeds for a job that is
+not there: 13-17 of ~110 jobs acknowledged under `replicas:1` were missing after the partition
+campaign. So each round first checks, on the same connection and before the mark, that every
+waiting request's job is on that server (`EXISTS`); a request whose job is not is not confirmed.
+
 Not confirmed within `ACK_TIMEOUT_MS`: `AckNotConfirmed`, and the webhook answers 503. The job
 may well be stored; Slack redelivers the event and the job id makes the second add a no-op.
 """
@@ -47,6 +54,10 @@ class AckPolicy:
     timeout_ms: int
     mark_key: str
 
+    def job_key(self, job_id: str) -> str:
+        """The key of job `job_id` (BullMQ's `<prefix>:<queue>:<id>`, beside the mark's)."""
+        return f"{self.mark_key.removesuffix(':ack')}:{job_id}"
+
     @classmethod
     def from_settings(cls, settings: Settings) -> AckPolicy:
         return cls(AckDurability.parse(settings.ack_durability), settings.ack_timeout_ms,
@@ -59,15 +70,15 @@ class AckConfirmer:
     def __init__(self, client: aioredis.Redis, policy: AckPolicy) -> None:
         self.client = client
         self.policy = policy
-        self._pending: list[asyncio.Future[None]] = []
+        self._pending: list[tuple[asyncio.Future[None], str]] = []
         self._sender: asyncio.Task[None] | None = None
         self._failed = False  # the last round failed: a cluster's slot may have moved
 
-    async def confirm(self) -> None:
-        """Return once the adds that returned before this call are confirmed; raise
+    async def confirm(self, job_id: str) -> None:
+        """Return once job `job_id` (whose add returned before this call) is confirmed; raise
         AckNotConfirmed (or a RedisError) otherwise."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(future)
+        self._pending.append((future, self.policy.job_key(job_id)))
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_all())
         await future
@@ -76,31 +87,39 @@ class AckConfirmer:
         while self._pending:  # what arrives during a round joins the next one
             batch, self._pending = self._pending, []
             try:
-                await self._round()
+                missing = await self._round(sorted({key for _, key in batch}))
             except BaseException as exc:  # every waiter must hear of it
-                for future in batch:
+                for future, _ in batch:
                     if not future.done():
                         future.set_exception(exc)
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            for future in batch:
-                if not future.done():
+            for future, key in batch:
+                if future.done():
+                    continue
+                if key in missing:
+                    future.set_exception(AckNotConfirmed(
+                        "the job is not on the primary that confirmed the round (it moved)"))
+                else:
                     future.set_result(None)
 
-    async def _round(self) -> None:
+    async def _round(self, keys: list[str]) -> set[str]:
+        """Confirm the mark; return those of `keys` the confirming server does not have."""
         durability, timeout_ms = self.policy.durability, self.policy.timeout_ms
         mark = self.policy.mark_key
         # Redis Cluster: WAIT has no key; it must go where the mark (and every job) is.
         on_marks_node = await same_node_as(self.client, mark, refresh=self._failed)
         self._failed = True
         pipe = self.client.pipeline(transaction=False)
+        for key in keys:  # before the mark: a job found here is confirmed with it
+            pipe.exists(key)
         pipe.incr(mark)
         if durability.fsync:
             pipe.execute_command("WAITAOF", 1, durability.replicas, timeout_ms, **on_marks_node)
         else:
             pipe.execute_command("WAIT", durability.replicas, timeout_ms, **on_marks_node)
-        _, reply = await pipe.execute()
+        *found, _, reply = await pipe.execute()
         self._failed = False
         if durability.fsync:
             local, replicas = (int(value) for value in reply)
@@ -110,6 +129,7 @@ class AckConfirmer:
             confirmed, got = int(reply) >= durability.replicas, f"replicas {int(reply)}"
         if not confirmed:
             raise AckNotConfirmed(f"{durability} not confirmed within {timeout_ms} ms ({got})")
+        return {key for key, exists in zip(keys, found, strict=True) if not exists}
 
 
 def confirmer_for(settings: Settings, attempt_timeout: float) -> AckConfirmer | None:

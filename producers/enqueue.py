@@ -124,7 +124,7 @@ class Enqueuer:
                             with attempt:
                                 stored_id = await self._batcher.add(job.name, job.data, options)
                 if self._confirmer is not None:
-                    await self._confirm()
+                    await self._confirm(stored_id)
         except TimeoutError as exc:
             raise RedisUnavailable(f"job {job.job_id} not stored within the budget") from exc
         except (RedisError, OSError) as exc:
@@ -134,7 +134,7 @@ class Enqueuer:
         self.index.record_soon(stored_id, job.name, job.data)
         return stored_id
 
-    async def _confirm(self) -> None:
+    async def _confirm(self, job_id: str) -> None:
         """Confirm as ACK_DURABILITY asks; unconfirmed, look for a new primary before the 503.
 
         A primary cut off from its replicas still takes the adds, but `WAIT` cannot complete:
@@ -143,7 +143,7 @@ class Enqueuer:
         """
         assert self._confirmer is not None
         try:
-            await self._confirmer.confirm()
+            await self._confirmer.confirm(job_id)
         except AckNotConfirmed:
             await recheck_primary(self._client)
             await recheck_primary(self._confirmer.client)

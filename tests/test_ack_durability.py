@@ -14,8 +14,10 @@ import pytest
 import redis
 
 from harness.servers import resolve_binary
+from producers.ack import AckConfirmer, AckNotConfirmed, AckPolicy
 from producers.enqueue import Enqueuer
 from producers.jobs import SlackJob
+from slackq.connection import PRODUCER, redis_client
 from slackq.embedded import RedisProcess, free_port
 from slackq.errors import RedisUnavailable
 from slackq.settings import Settings
@@ -69,6 +71,26 @@ async def test_replicas_1_acks_what_the_replica_has(
         assert all(client.exists(f"bull:slack-events:{job_id}") for job_id in ids)
     # One confirmation covers the jobs whose adds had returned: fewer WAITs than jobs.
     assert 1 <= wait_calls(primary.port) < 40
+
+
+async def test_a_job_the_confirming_primary_lacks_is_not_confirmed(
+    pair: tuple[RedisProcess, RedisProcess],
+) -> None:
+    """The mark confirms its own server only: a job stored on another (a primary left behind
+    in a partition while the confirmer moved on) gets no 200; the same round confirms the rest."""
+    primary, _ = pair
+    policy = AckPolicy.from_settings(settings_for(primary.url, "replicas:1"))
+    confirmer = AckConfirmer(redis_client(primary.url, PRODUCER), policy)
+    with redis.Redis(port=primary.port) as admin:
+        admin.hset("bull:slack-events:Ev0ACK0001", "name", "app_mention")
+    try:
+        here, elsewhere = await asyncio.gather(confirmer.confirm("Ev0ACK0001"),
+                                               confirmer.confirm("Ev0ACK0002"),
+                                               return_exceptions=True)
+    finally:
+        await confirmer.client.aclose()
+    assert here is None
+    assert isinstance(elsewhere, AckNotConfirmed) and "not on the primary" in str(elsewhere)
 
 
 async def test_no_confirmation_in_time_is_a_503_and_the_redelivery_stores_nothing_new(
