@@ -3,6 +3,8 @@
     python -m harness failover --fault kill --ack replicas:1
     python -m harness failover --fault partition --ack memory      # root, Linux (ip netns)
     python -m harness failover --topology cluster --ack replicas:1 # Redis Cluster
+    python -m harness failover --fault partition --ack memory \
+        --server-option min-replicas-to-write=1 --server-option min-replicas-max-lag=1
 
 One campaign: a primary, two replicas and three sentinels (`harness.topology`); the Procfile's
 web and worker processes on its `redis+sentinel://` URL, replying to the Slack stand-in; signed
@@ -27,7 +29,8 @@ campaign waits for the replies. The report counts, per ACK_DURABILITY mode: even
 `lost` (acked, never replied to), `records_lost` (acked, no job left on the final primary: what
 a failover dropped, even if a worker on the old primary replied first), duplicates (replies
 beyond one), requests not acked, the longest gap between two 200s, the acks' p99, and the times
-from the fault to the first stored and first completed job.
+from the fault to the first stored job, the first completed job (its reply, from whichever
+primary), the first job completed on the new primary (its `finishedOn` there) and the heal.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ class FailoverConfig:
     deadline: float = 90.0
     reply_wait: float = 60.0  # for every acked event's reply (then only the last one's, 30 s)
     worker_processes: int = 2
+    # Server settings of every data node, e.g. {"min-replicas-to-write": "1"}.
+    server_options: tuple[tuple[str, str], ...] = ()
 
 
 def _wait(condition: Any, timeout: float, what: str) -> None:
@@ -128,7 +133,8 @@ def _topology(config: FailoverConfig, work: Path) -> SentinelTopology | Cluster:
         return Cluster(work / "topology", config.cluster_replicas)
     if config.fault == "kill-lagging":
         raise ValueError("kill-lagging is a cluster campaign (--topology cluster)")
-    return SentinelTopology(work / "topology", partitionable=config.fault == "partition").start()
+    return SentinelTopology(work / "topology", overrides=dict(config.server_options),
+                            partitionable=config.fault == "partition").start()
 
 
 def _fault(topology: SentinelTopology | Cluster, config: FailoverConfig) -> NodeProcess:
@@ -170,9 +176,11 @@ def run_failover(config: FailoverConfig, work: Path) -> dict[str, Any]:
                 old = _fault(topology, config)
                 fault_at, fault_wall = time.monotonic(), time.time()  # the fault is complete
                 topology.wait_failover(old.port)
+                healed_wall = None
                 if partition and isinstance(topology, SentinelTopology):
                     time.sleep(config.partition_seconds)  # the fault's length, not a wait
                     topology.heal()
+                    healed_wall = time.time()
                 _wait(lambda: len(traffic.acked(fault_at)) >= config.after, config.deadline,
                       f"{config.after} events acknowledged after the fault")
             finally:
@@ -181,6 +189,8 @@ def run_failover(config: FailoverConfig, work: Path) -> dict[str, Any]:
                 _wait(lambda: topology.replica_in_sync(old), config.deadline,
                       "the old primary to rejoin as a replica")
             report = _report(config, topology, slack, traffic, fault_at, fault_wall)
+            report["fault_to_heal_s"] = (round(healed_wall - fault_wall, 3)
+                                         if healed_wall is not None else None)
             dynos.check_alive()  # the same web and worker processes rode out the fault
             return report
     finally:
@@ -205,6 +215,10 @@ def _report(config: FailoverConfig, topology: SentinelTopology | Cluster, slack:
     node = _queue_primary(topology)
     prefix = CLUSTER_PREFIX if isinstance(topology, Cluster) else "bull"
     records = set(_job_ids(node.host, node.port, prefix))
+    # Completed on the final primary after the fault: on the new primary (what the old one
+    # completed alone in a partition was dropped when it rejoined).
+    finished = [at for at in _finished_on(node.host, node.port, records, prefix)
+                if at > fault_wall]
     ok = sorted((s for s in traffic.sent if s.status == 200), key=lambda s: s.at)
     seconds = sorted(s.seconds for s in ok)
     # Jobs of requests sent after the fault: when the first was stored (its 200 came back) and
@@ -226,6 +240,8 @@ def _report(config: FailoverConfig, topology: SentinelTopology | Cluster, slack:
         "fault_to_first_stored_s": round(min(sent_after.values()) - fault_at, 3),
         "fault_to_first_completed_s": round(min(completed) - fault_wall, 3) if completed
         else None,
+        "fault_to_first_completed_on_new_s": round(min(finished) - fault_wall, 3)
+        if finished else None,
     }
 
 
@@ -233,6 +249,17 @@ def _job_ids(host: str, port: int, prefix: str) -> list[str]:
     pattern = f"{prefix}:slack-events:Ev0FO*".replace("{", "\\{").replace("}", "\\}")
     keys = ask(host, port, lambda client: client.keys(pattern))
     return [str(key).rsplit(":", 1)[-1] for key in keys or []]
+
+
+def _finished_on(host: str, port: int, job_ids: set[str], prefix: str) -> list[float]:
+    """When each of `job_ids` was completed on the server at `host:port` (wall clock, s)."""
+    def read(client: Any) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(f"{prefix}:slack-events:{job_id}", "finishedOn")
+        return list(pipe.execute())
+
+    return [int(at) / 1000 for at in ask(host, port, read) or [] if at]
 
 
 def main(argv: list[str]) -> int:
@@ -245,9 +272,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--ack", default="memory", help="ACK_DURABILITY (memory, replicas:1…)")
     parser.add_argument("--rate", type=float, default=25.0)
     parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--server-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="a data node setting, e.g. min-replicas-to-write=1 (repeatable)")
     args = parser.parse_args(argv)
+    options = tuple(tuple(option.split("=", 1)) for option in args.server_option)
+    if any(len(option) != 2 for option in options):
+        parser.error("--server-option takes NAME=VALUE")
     config = FailoverConfig(fault=args.fault, topology=args.topology, ack=args.ack,
-                            rate=args.rate, cluster_replicas=args.cluster_replicas)
+                            rate=args.rate, cluster_replicas=args.cluster_replicas,
+                            server_options=options)
     with tempfile.TemporaryDirectory() as temporary:
         report = run_failover(config, args.work_dir or Path(temporary))
     print(json.dumps(report))
