@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from harness.failover import FailoverConfig, run_failover
 from harness.slack_standin import FakeSlack
-from harness.topology import SentinelTopology
+from harness.topology import MASTER_NAME, QUORUM, SentinelTopology, ask
 from slackq.connection import BLOCKING, PRODUCER, command_retry, redis_client
 from tests.security_support import procfile_stack, run_cli
 from tests.slack_requests import app_mention_envelope, encode, signed_headers
@@ -98,3 +98,33 @@ async def test_a_blocking_wait_on_the_dead_primary_finds_the_new_one(
     finally:
         await waiter.aclose()
         await producer.aclose()
+
+
+async def test_a_client_leaves_a_primary_the_sentinels_no_longer_name(tmp_path: Path) -> None:
+    """The primary check alone (no error, no READONLY): the old primary stays up and a primary,
+    as one cut off by a partition does for the clients that still reach it, while every sentinel
+    names another node. A blocked BZPOPMIN on the old one is released and finds the new one;
+    without the check it would wait out its 5 s."""
+    topology = SentinelTopology(tmp_path / "topology", replicas=1).start()
+    waiter = redis_client(f"{topology.url}?sentinel_check_seconds=0.2", BLOCKING.pooled(2))
+    waiter.set_retry(command_retry(20_000).build())
+    try:
+        assert await waiter.ping()
+        waiting = asyncio.create_task(waiter.bzpopmin("marker", 5))
+        await asyncio.sleep(0)  # let it send the BZPOPMIN
+        new = topology.nodes[1]
+        ask(new.host, new.port, lambda client: client.replicaof("NO", "ONE"))
+        for watcher in topology.watchers:  # as after a failover the old primary did not see
+            ask(watcher.host, watcher.port, lambda client: (
+                client.sentinel_remove(MASTER_NAME),
+                client.sentinel_monitor(MASTER_NAME, new.host, new.port, QUORUM)))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 4  # below the BZPOPMIN's own 5 s
+        while not waiting.done() and loop.time() < deadline:
+            ask(new.host, new.port, lambda client: client.zadd("marker", {"0": 0}))
+            await asyncio.wait({waiting}, timeout=0.2)
+        assert waiting.done(), "the blocked BZPOPMIN stayed on the old primary"
+        assert waiting.result() is not None and waiting.result()[0] == "marker"
+    finally:
+        await waiter.aclose()
+        topology.stop()
