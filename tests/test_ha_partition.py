@@ -19,6 +19,8 @@ import pytest
 from harness import netns
 from harness.failover import FailoverConfig, run_failover
 
+pytestmark = pytest.mark.slow  # two failover campaigns; still run in CI (issue 16)
+
 
 @pytest.fixture(autouse=True)
 def _namespaces() -> None:

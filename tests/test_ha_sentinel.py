@@ -22,6 +22,8 @@ from slackq.connection import BLOCKING, PRODUCER, command_retry, redis_client
 from tests.security_support import procfile_stack, run_cli
 from tests.slack_requests import app_mention_envelope, encode, signed_headers
 
+pytestmark = pytest.mark.slow  # Sentinel topologies and failovers; still run in CI (issue 16)
+
 # Pacing would spread the replies over minutes; this test is about Redis, not Slack's limits.
 NO_PACING = {"WORKER_RATE_PER_CHANNEL": "0", "WORKER_RATE_PER_TEAM": "0"}
 
