@@ -122,10 +122,12 @@ def ensure_system_packages() -> None:
 def parallel_options(args: list[str]) -> list[str]:
     """pytest-xdist options for a run of the whole suite; none when `args` name tests or choose.
 
-    Most tests wait on processes (redis-server, the web and worker, Node, Chromium) or on a
-    fault's duration, so one worker more than the cores keeps the CPU busy. Each test module
-    is one xdist group, long modules first (tests/conftest.py); `--no-loadscope-reorder` keeps
-    that order instead of xdist's largest-group-first.
+    Many tests wait (on a fault's duration, sentinels electing, campaign traffic), so two
+    workers on two cores overlap those waits with other tests. One worker per core, not more:
+    the suite also starts many Python processes (~2 s of CPU each for the web), and with one more on
+    a shared 2-core machine their start-up and the 3 s webhook budget test ran past their
+    deadlines. Each test module is one xdist group, long modules first (tests/conftest.py);
+    `--no-loadscope-reorder` keeps that order instead of xdist's largest-group-first.
     """
     chooses = any(arg.startswith(("-n", "--numprocesses", "--dist")) or arg == "no:xdist"
                   for arg in args)
@@ -133,7 +135,7 @@ def parallel_options(args: list[str]) -> list[str]:
                       if not arg.startswith("-"))
     if chooses or names_tests:
         return []
-    workers = (os.cpu_count() or 1) + 1
+    workers = max(2, os.cpu_count() or 1)
     return ["-n", str(workers), "--dist", "loadgroup", "--no-loadscope-reorder"]
 
 

@@ -21,6 +21,11 @@ import httpx
 
 from slackq.embedded import PROJECT_ROOT, free_port
 
+# How long to wait for a process to start (or to log what it should) before calling it stuck;
+# only a deadline, waits end as soon as the condition holds. Importing the web or worker is ~2 s
+# of CPU: on a shared 2-core machine running the test suite on xdist workers it took over 20 s.
+START_DEADLINE = 60.0
+
 
 def procfile_commands(path: Path = PROJECT_ROOT / "Procfile") -> dict[str, str]:
     commands = {}
@@ -84,7 +89,7 @@ class Proc:
                 self.kill()
         self._log.close()
 
-    def wait_for_output(self, text: str, timeout: float = 20.0) -> None:
+    def wait_for_output(self, text: str, timeout: float = START_DEADLINE) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if text in self.output():
@@ -96,7 +101,8 @@ class Proc:
         raise AssertionError(f"{self.name} did not log {text!r} in {timeout}s:\n{self.output()}")
 
 
-def wait_http_ok(url: str, timeout: float = 20.0, proc: Proc | None = None) -> None:
+def wait_http_ok(url: str, timeout: float = START_DEADLINE,
+                 proc: Proc | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -129,7 +135,7 @@ class Stack:
 @contextlib.contextmanager
 def procfile_stack(redis_url: str, slack_api_url: str, log_dir: Path, *, secret: str,
                    token: str, env: Mapping[str, str] | None = None,
-                   start_timeout: float = 60.0) -> Iterator[Stack]:
+                   start_timeout: float = START_DEADLINE) -> Iterator[Stack]:
     """The Procfile's `web` and `worker` on `redis_url`, calling Slack at `slack_api_url`, with
     `env` on top of the dyno environment (`process_env`).
 

@@ -4,6 +4,6 @@ The code lives in `harness.procfile` (the end-to-end harness runs the same proce
 names stay importable from here for the tests.
 """
 
-from harness.procfile import Proc, process_env, procfile_commands, wait_http_ok
+from harness.procfile import START_DEADLINE, Proc, process_env, procfile_commands, wait_http_ok
 
-__all__ = ["Proc", "process_env", "procfile_commands", "wait_http_ok"]
+__all__ = ["START_DEADLINE", "Proc", "process_env", "procfile_commands", "wait_http_ok"]

@@ -25,7 +25,7 @@ from harness.slack_standin import FakeSlack
 from slackq.contract import job_options
 from slackq.embedded import RedisProcess
 from slackq.settings import Settings, load_settings, usable_cpus
-from tests.processes import Proc, process_env
+from tests.processes import START_DEADLINE, Proc, process_env
 from tests.slack_requests import BOT_TOKEN, app_mention_envelope
 from tests.waiting import wait_until as wait_for
 from tests.worker_helpers import WorkerProc, make_queue, sync_job_state
@@ -50,7 +50,8 @@ def log_events(proc: Proc, name: str) -> list[dict[str, Any]]:
     return events
 
 
-def wait_until(proc: Proc, what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
+def wait_until(proc: Proc, what: str, check: Callable[[], bool],
+               timeout: float = START_DEADLINE) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
@@ -138,7 +139,7 @@ def test_a_configuration_error_stops_the_dyno_without_restarts(
     evicting.start()
     proc = Proc("worker", worker_env(evicting.url, fake_slack.base_url), tmp_path)
     try:
-        assert proc.wait(timeout=25) == 2
+        assert proc.wait(timeout=START_DEADLINE) == 2  # two children start, then stop
     finally:
         proc.stop()
         evicting.kill()

@@ -14,7 +14,7 @@ from bullmq import Queue
 
 from slackq.contract import JobOptions
 from slackq.settings import Settings
-from tests.processes import Proc
+from tests.processes import START_DEADLINE, Proc
 from tests.slack_requests import app_mention_envelope
 
 # The webhook's job options, with the settings' defaults.
@@ -86,7 +86,8 @@ class WorkerProc(Proc):
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         return [e for e in log_events(self.output()) if name is None or e.get("event") == name]
 
-    def wait_for_event(self, name: str, timeout: float = 20.0, **fields: Any) -> dict[str, Any]:
+    def wait_for_event(self, name: str, timeout: float = START_DEADLINE,
+                       **fields: Any) -> dict[str, Any]:
         def found() -> dict[str, Any] | None:
             for event in self.events(name):
                 if all(event.get(k) == v for k, v in fields.items()):
