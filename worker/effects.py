@@ -41,7 +41,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from worker.errors import Deferred, PermanentError, RedisTransientError
+from worker.errors import Deferred, RedisTransientError
 from worker.limiter import ACQUIRE_LUA, raise_if_paced
 from worker.outage import RedisOutage, is_transient
 
@@ -165,10 +165,29 @@ class EffectUnsettled(Deferred):
         super().__init__(delay_seconds, "effect of an earlier run not recorded yet")
 
 
-class JobGone(PermanentError):
-    """The job's hash is gone (removed while it ran): nothing to call Slack for."""
+# How long a run whose claim found no job hash waits before it runs again (`JobGone`): more
+# than one primary check (REDIS_SENTINEL_CHECK_SECONDS, default 1 s), so that by then this
+# process's clients agree on the primary.
+GONE_RETRY_SECONDS = 2.0
+
+
+class JobGone(Deferred):
+    """The claim found no job hash on the server it ran on.
+
+    Not proof that the job was removed: the worker's BullMQ connection and the command client
+    that runs the claim are two pools, each moved to a new primary by its own primary check
+    (slackq/sentinel_pool.py), up to a check interval apart. In that window a job fetched from
+    the new primary is claimed on the isolated old one, which never had it: failing it for
+    good (as this did) lost acknowledged events (docs/high-availability.md, the partition
+    campaign). So the run is deferred without calling Slack: on the server that holds the job
+    it runs again in `GONE_RETRY_SECONDS`; a job really removed has no hash there either, and
+    its move to delayed fails as its move to failed did before.
+    """
 
     code = "job_removed"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(GONE_RETRY_SECONDS, f"job {job_id} not on the server of the claim")
 
 
 @dataclass(frozen=True)
@@ -225,7 +244,7 @@ class EffectLog:
         if kind == "paced":
             raise_if_paced(value, reply[2])
         if kind == "gone":
-            raise JobGone(f"job {job_id} was removed while it ran")
+            raise JobGone(job_id)
         if kind == "done":
             return Claim(recorded=json.loads(value))
         if kind == "leased":
