@@ -31,6 +31,8 @@ a failover dropped, even if a worker on the old primary replied first), duplicat
 beyond one), requests not acked, the longest gap between two 200s, the acks' p99, and the times
 from the fault to the first stored job, the first completed job (its reply, from whichever
 primary), the first job completed on the new primary (its `finishedOn` there) and the heal.
+With `--work-dir DIR`, acked events still unreplied after the reply wait have their jobs'
+state written to `DIR/unreplied.jsonl` (`harness.unreplied`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from harness.cluster import ClusterTopology
 from harness.procfile import procfile_stack
 from harness.slack_standin import FakeSlack
 from harness.topology import NodeProcess, SentinelTopology, ask
+from harness.unreplied import append, job_states
 from harness.webhook_traffic import EventTraffic, event_ts, tally
 
 SECRET = "failover-campaign-signing-secret"
@@ -70,6 +73,10 @@ class FailoverConfig:
     lag_seconds: float = 0.8  # kill-lagging: below cluster-node-timeout, or the replica is failed
     deadline: float = 90.0
     reply_wait: float = 60.0  # for every acked event's reply (then only the last one's, 30 s)
+    # Where to write `unreplied.jsonl` when replies are missing ("" = nowhere; the CLI's
+    # --work-dir), and for how long to keep taking its snapshots.
+    post_mortem_dir: str = ""
+    post_mortem: float = 90.0
     worker_processes: int = 2
     # Server settings of every data node, e.g. {"min-replicas-to-write": "1"}.
     server_options: tuple[tuple[str, str], ...] = ()
@@ -210,6 +217,7 @@ def _report(config: FailoverConfig, topology: SentinelTopology | Cluster, slack:
         _wait(lambda: expected <= set(replies()), config.reply_wait,
               "a reply to every acked event")
     except TimeoutError:
+        _post_mortem(config, topology, acked, replies, fault_wall)
         _wait(lambda: event_ts(acked[-1]) in replies(), 30, "a reply to the last acked event")
     counted = tally(traffic.sent, replies())
     node = _queue_primary(topology)
@@ -243,6 +251,27 @@ def _report(config: FailoverConfig, topology: SentinelTopology | Cluster, slack:
         "fault_to_first_completed_on_new_s": round(min(finished) - fault_wall, 3)
         if finished else None,
     }
+
+
+def _post_mortem(config: FailoverConfig, topology: SentinelTopology | Cluster,
+                 acked: list[int], replies: Any, fault_wall: float) -> None:
+    """Snapshot the unreplied jobs on the final primary every 2 s (`harness.unreplied`) until
+    they are all replied to or `config.post_mortem` seconds have passed: whether they are slow
+    (they move, and their replies come) or lost (failed, or stuck) shows in the file."""
+    if not config.post_mortem_dir:
+        return
+    out = Path(config.post_mortem_dir) / "unreplied.jsonl"
+    node = _queue_primary(topology)
+    prefix = CLUSTER_PREFIX if isinstance(topology, Cluster) else "bull"
+    deadline = time.monotonic() + config.post_mortem
+    while True:
+        got = set(replies())
+        missing = [f"Ev0FO{i:06d}" for i in acked if event_ts(i) not in got]
+        append(out, time.time() - fault_wall,
+               {"missing": len(missing), **job_states(node.host, node.port, prefix, missing)})
+        if not missing or time.monotonic() > deadline:
+            return
+        time.sleep(2)
 
 
 def _job_ids(host: str, port: int, prefix: str) -> list[str]:
@@ -280,7 +309,8 @@ def main(argv: list[str]) -> int:
         parser.error("--server-option takes NAME=VALUE")
     config = FailoverConfig(fault=args.fault, topology=args.topology, ack=args.ack,
                             rate=args.rate, cluster_replicas=args.cluster_replicas,
-                            server_options=options)
+                            server_options=options,
+                            post_mortem_dir=str(args.work_dir or ""))
     with tempfile.TemporaryDirectory() as temporary:
         report = run_failover(config, args.work_dir or Path(temporary))
     print(json.dumps(report))
