@@ -20,9 +20,10 @@ each one's terms; each write first *forgets* (removes from its terms' sets) up t
 either bound, so the index holds about `MAX_INDEXED` jobs' entries whatever the rate. Every key
 also expires after the retention without writes, and a term's set keeps at most `MAX_PER_TERM`
 ids. An id whose job is gone (removed by count) is skipped by readers.
-One Lua script writes a job's entries; the webhook queues them (`record_soon`) and a background
-flush sends what queued up in the last `FLUSH_SECONDS` as one pipeline, so indexing costs a
-request neither a round trip nor any wait (an index 20 ms behind is fine for a dashboard).
+One Lua script call writes many jobs' entries; the webhook queues the jobs (`record_soon`) and a
+background flush builds and sends what queued up in the last `FLUSH_SECONDS` as one call, so
+indexing costs a request neither a round trip nor any wait (an index 20 ms behind is fine for a
+dashboard).
 """
 
 from __future__ import annotations
@@ -50,15 +51,21 @@ STATS_TTL_SECONDS = 8 * 86_400  # a week of per-minute history, and a day of sla
 FLUSH_SECONDS = 0.02  # how long an entry may wait to share a round trip with others
 FLUSH_TIMEOUT_SECONDS = 2.0
 MAX_PENDING = 10_000
+MAX_PER_CALL = 200  # entries per script call: ~0.5 ms of Redis time at most
 FIELDS = ("name", "team", "channel", "user", "event")  # what a search can filter on
 INDEXED_FIELDS = ("name", "team", "channel", "user")  # the event id is the job id
 _SPACE = re.compile(r"\s")
 _WORD = re.compile(r"[^\W_]{3,32}")  # 3+: "to", "of"... would match everything
 
+# One call writes a flush's entries: ARGV[1] jobs, then the constants, then 6 values per job;
+# KEYS the three shared keys, then per job its term keys, its team's channels and its stats hash.
+# Each job is written under `pcall`: one refused entry (a key of the wrong type) leaves the
+# others of the flush written, as when each was its own call; the reply counts the refused.
 RECORD_LUA = """
-local id, now, ttl_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local cap, n_terms, base = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[12]
-local all, terms_of = KEYS[n_terms + 3], KEYS[n_terms + 4]
+local n_jobs, ttl_ms, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_teams, max_channels, stats_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local base, max_indexed = ARGV[7], tonumber(ARGV[8])
+local teams, all, terms_of = KEYS[1], KEYS[2], KEYS[3]
 local function forget(old)
   local list = redis.call('HGET', terms_of, old)
   if list then
@@ -67,40 +74,50 @@ local function forget(old)
   end
   redis.call('ZREM', all, old)
 end
-local excess = redis.call('ZCARD', all) + 1 - tonumber(ARGV[13])
-if excess > 0 then
-  for _, old in ipairs(redis.call('ZRANGE', all, 0, math.min(excess, 100) - 1)) do forget(old) end
-end
-for _, old in ipairs(redis.call('ZRANGEBYSCORE', all, '-inf', now - ttl_ms, 'LIMIT', 0, 100)) do
-  forget(old)
-end
-local names = {}
-for i = 1, n_terms do
-  redis.call('ZADD', KEYS[i], now, id)
-  redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -cap - 1)
-  redis.call('PEXPIRE', KEYS[i], ttl_ms)
-  names[i] = string.sub(KEYS[i], #base + 1)
-end
-redis.call('ZADD', all, now, id)
-redis.call('HSET', terms_of, id, table.concat(names, '\\n'))
-redis.call('PEXPIRE', all, ttl_ms)
-redis.call('PEXPIRE', terms_of, ttl_ms)
-local team = ARGV[6]
-if team ~= '' then
-  local teams, channels = KEYS[n_terms + 1], KEYS[n_terms + 2]
-  redis.call('ZADD', teams, now, team)
-  redis.call('ZREMRANGEBYRANK', teams, 0, -tonumber(ARGV[8]) - 1)
-  redis.call('PEXPIRE', teams, ttl_ms)
-  if ARGV[7] ~= '' then
-    redis.call('ZADD', channels, now, ARGV[7])
-    redis.call('ZREMRANGEBYRANK', channels, 0, -tonumber(ARGV[9]) - 1)
-    redis.call('PEXPIRE', channels, ttl_ms)
+local function record(k, a)
+  local id, now, n_terms = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local team, channel, minute = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  local excess = redis.call('ZCARD', all) + 1 - max_indexed
+  if excess > 0 then
+    for _, old in ipairs(redis.call('ZRANGE', all, 0, math.min(excess, 100) - 1)) do forget(old) end
   end
+  for _, old in ipairs(redis.call('ZRANGEBYSCORE', all, '-inf', now - ttl_ms, 'LIMIT', 0, 100)) do
+    forget(old)
+  end
+  local names = {}
+  for i = 1, n_terms do
+    local key = KEYS[k + i]
+    redis.call('ZADD', key, now, id)
+    redis.call('ZREMRANGEBYRANK', key, 0, -cap - 1)
+    redis.call('PEXPIRE', key, ttl_ms)
+    names[i] = string.sub(key, #base + 1)
+  end
+  redis.call('ZADD', all, now, id)
+  redis.call('HSET', terms_of, id, table.concat(names, '\\n'))
+  redis.call('PEXPIRE', all, ttl_ms)
+  redis.call('PEXPIRE', terms_of, ttl_ms)
+  if team ~= '' then
+    local channels = KEYS[k + n_terms + 1]
+    redis.call('ZADD', teams, now, team)
+    redis.call('ZREMRANGEBYRANK', teams, 0, -max_teams - 1)
+    redis.call('PEXPIRE', teams, ttl_ms)
+    if channel ~= '' then
+      redis.call('ZADD', channels, now, channel)
+      redis.call('ZREMRANGEBYRANK', channels, 0, -max_channels - 1)
+      redis.call('PEXPIRE', channels, ttl_ms)
+    end
+  end
+  local stats = KEYS[k + n_terms + 2]
+  redis.call('HINCRBY', stats, minute, 1)
+  redis.call('EXPIRE', stats, stats_ttl)
 end
-local stats = KEYS[#KEYS]
-redis.call('HINCRBY', stats, ARGV[10], 1)
-redis.call('EXPIRE', stats, tonumber(ARGV[11]))
-return n_terms
+local refused, k, a = 0, 3, 8
+for _ = 1, n_jobs do
+  local n_terms = tonumber(ARGV[a + 3])
+  if not pcall(record, k, a) then refused = refused + 1 end
+  k, a = k + n_terms + 2, a + 6
+end
+return refused
 """
 
 # Walk the smallest set newest first (every set scores a job by the same enqueue time) and keep
@@ -149,6 +166,10 @@ def words(text: str, limit: int = MAX_WORDS) -> list[str]:
         if len(seen) >= limit:
             break
     return list(seen)
+
+
+# A job to index: id, name, data, enqueue time in ms (its keys are built when it is flushed).
+Entry = tuple[str, str, Mapping[str, Any], int]
 
 
 @dataclass(frozen=True)
@@ -220,7 +241,7 @@ class JobIndex:
         self.retention_ms = retention_seconds * 1000
         self._record = client.register_script(RECORD_LUA)
         self._search = client.register_script(SEARCH_LUA)
-        self._pending: list[tuple[list[str], list[str | int]]] = []
+        self._pending: list[Entry] = []
         self._flusher: asyncio.Task[None] | None = None
         self.dropped = 0  # entries given up while Redis did not take them
 
@@ -246,31 +267,38 @@ class JobIndex:
         """The per-minute stored counts of the hour starting at `hour` (epoch seconds)."""
         return f"{self.base}:stats:stored:{hour}"
 
-    def _call(self, job_id: str, name: str, data: Mapping[str, Any],
-              now_ms: int) -> tuple[list[str], list[str | int]]:
-        """The keys and arguments of `RECORD_LUA` for one job."""
+    def _entry(self, job_id: str, name: str, data: Mapping[str, Any], now_ms: int,
+               keys: list[str], args: list[str | int]) -> None:
+        """Append one job's part of a `RECORD_LUA` call to `keys` and `args`."""
         fields = JobFields.of(name, data)
         terms = fields.terms()
         minute = now_ms // 60_000 * 60
-        keys = [self.key(term) for term in terms]
-        keys += [self.teams_key, self.channels_key(fields.team), self.all_key, self.terms_key,
-                 self.stats_key(minute // 3600 * 3600)]
-        args: list[str | int] = [
-            job_id, now_ms, self.retention_ms, MAX_PER_TERM, len(terms), fields.team,
-            fields.channel, MAX_TEAMS, MAX_CHANNELS_PER_TEAM, minute, STATS_TTL_SECONDS,
-            self.key(""), MAX_INDEXED]
+        keys += [self.key(term) for term in terms]
+        keys += [self.channels_key(fields.team), self.stats_key(minute // 3600 * 3600)]
+        args += [job_id, now_ms, len(terms), fields.team, fields.channel, minute]
+
+    def _call(self, entries: Iterable[Entry]) -> tuple[list[str], list[str | int]]:
+        """The keys and arguments of one `RECORD_LUA` call writing `entries`."""
+        keys = [self.teams_key, self.all_key, self.terms_key]
+        args: list[str | int] = [0, self.retention_ms, MAX_PER_TERM, MAX_TEAMS,
+                                 MAX_CHANNELS_PER_TEAM, STATS_TTL_SECONDS, self.key(""),
+                                 MAX_INDEXED]
+        for job_id, name, data, now_ms in entries:
+            self._entry(job_id, name, data, now_ms, keys, args)
+            args[0] = int(args[0]) + 1
         return keys, args
 
     async def record(self, job_id: str, name: str, data: Mapping[str, Any],
                      now_ms: int | None = None) -> None:
         """Index one stored job now (one round trip)."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        keys, args = self._call(job_id, name, data, now_ms)
+        keys, args = self._call([(job_id, name, data, now_ms)])
         await self._record(keys=keys, args=args)
 
     def record_soon(self, job_id: str, name: str, data: Mapping[str, Any]) -> None:
-        """Index one stored job within `FLUSH_SECONDS`, in one pipeline with the jobs stored
-        meanwhile: the webhook neither waits for it nor pays a round trip per request.
+        """Index one stored job within `FLUSH_SECONDS`, in one script call with the jobs stored
+        meanwhile: the webhook neither waits for it nor pays a round trip per request, and the
+        entry's terms and keys are built at flush time, after the request has been answered.
 
         Never raises. With `MAX_PENDING` entries waiting (Redis unreachable) new ones are
         dropped: the jobs are stored, only the dashboard's search misses them.
@@ -278,7 +306,7 @@ class JobIndex:
         if len(self._pending) >= MAX_PENDING:
             self.dropped += 1
             return
-        self._pending.append(self._call(job_id, name, data, int(time.time() * 1000)))
+        self._pending.append((job_id, name, data, int(time.time() * 1000)))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
 
@@ -303,19 +331,28 @@ class JobIndex:
         try:
             async with asyncio.timeout(FLUSH_TIMEOUT_SECONDS):
                 try:
-                    await self._send(batch)
+                    refused = await self._send(batch)
                 except NoScriptError:  # first use, or Redis restarted: load it, once
                     await self.client.script_load(RECORD_LUA)
-                    await self._send(batch)
+                    refused = await self._send(batch)
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("jobs_not_indexed", count=len(batch), error=type(exc).__name__)
+            return
+        if refused:
+            log.warning("jobs_not_indexed", count=refused, error="refused by Redis")
 
-    async def _send(self, batch: list[tuple[list[str], list[str | int]]]) -> None:
+    async def _send(self, batch: list[Entry]) -> int:
+        """Send `batch` as one script call per `MAX_PER_CALL` entries (one call per flush at
+        any ordinary rate; the cap bounds how long one call holds Redis); the refused count."""
+        calls = [self._call(batch[i:i + MAX_PER_CALL]) for i in range(0, len(batch), MAX_PER_CALL)]
+        if len(calls) == 1:
+            keys, args = calls[0]
+            return int(await self.client.evalsha(self._record.sha, len(keys), *keys, *args))
         async with self.client.pipeline(transaction=False) as pipe:
-            for keys, args in batch:
+            for keys, args in calls:
                 # Not pipe.evalsha: a Redis Cluster pipeline refuses that method.
                 pipe.execute_command("EVALSHA", self._record.sha, len(keys), *keys, *args)
-            await pipe.execute()
+            return sum(int(n) for n in await pipe.execute())
 
     async def search(self, filters: Filters, limit: int = 500) -> list[str]:
         """Ids of indexed jobs matching every term of `filters`, newest first, at most `limit`.

@@ -130,6 +130,31 @@ async def test_entries_queued_together_share_one_flush(index: JobIndex) -> None:
     assert await index.search(Filters(text="again")) == ["Ev9"]
 
 
+def evalsha_calls(url: str) -> int:
+    with redis.Redis.from_url(url, decode_responses=True) as check:
+        return int(check.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_a_flush_is_one_script_call_and_a_refused_entry_spares_the_others(
+        index: JobIndex, redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    await index.client.set(index.key("channel:CBAD"), "not a sorted set")
+    await index.client.script_load(job_index.RECORD_LUA)  # as after the first flush
+    calls = evalsha_calls(redis_server.url)
+    for event_id, channel in (("EvF1", "C1"), ("EvF2", "CBAD"), ("EvF3", "C3")):
+        index.record_soon(event_id, "app_mention",
+                          app_mention_envelope(event_id, channel=channel, text="flushed"))
+    await index.flush()
+    assert evalsha_calls(redis_server.url) - calls == 1  # three jobs, one round trip
+    assert set(await index.search(Filters(text="flushed"))) >= {"EvF1", "EvF3"}
+    assert await index.search(Filters(channel="C3")) == ["EvF3"]  # written after the refused one
+    monkeypatch.setattr(job_index, "MAX_PER_CALL", 2)  # a long queue: bounded calls, one pipeline
+    for n in range(5):
+        index.record_soon(f"EvM{n}", "app_mention", app_mention_envelope(f"EvM{n}", text="many"))
+    await index.flush()
+    assert evalsha_calls(redis_server.url) - calls == 1 + 3
+    assert len(await index.search(Filters(text="many"))) == 5
+
+
 async def test_entries_queued_during_a_flush_are_flushed_too(index: JobIndex) -> None:
     index.record_soon("EvA", "app_mention", app_mention_envelope("EvA", text="during"))
     for _ in range(100_000):  # until the background flush has taken EvA's entry to send it
