@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -177,6 +178,19 @@ async def test_a_slack_call_that_times_out_is_transient() -> None:
         client.timeout = 1
         with pytest.raises(SlackTransientError, match="Timeout"):
             await call_slack(client, "chat.postMessage", {"channel": "C1", "text": "x"})
+
+
+async def test_a_slack_call_logs_no_debug_line_with_slacks_answer(
+        fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture) -> None:
+    # slack-sdk's debug lines print the request and Slack's answer unbounded (hostile data), and
+    # building them cost a fifth of each call's CPU: the worker's client stays above DEBUG even
+    # when the process logs at DEBUG.
+    client = make_client("xoxb-not-real", fake_slack.base_url)
+    with caplog.at_level(logging.DEBUG):
+        answer = await call_slack(client, "chat.postMessage", {"channel": "C1", "text": "x"})
+    assert answer["ok"] is True
+    assert not [r for r in caplog.records if r.levelno < logging.INFO]
+    assert len(fake_slack.calls_to("chat.postMessage")) == 1
 
 
 async def test_a_rerun_skips_the_recorded_post_and_a_lost_record_is_counted(

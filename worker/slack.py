@@ -9,6 +9,7 @@ inside the call, holding the slot. A 429 becomes `SlackRateLimited` and the job 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import aiohttp
@@ -28,6 +29,15 @@ from worker.retry import is_permanent_slack_error, retry_after_seconds
 # A Slack call that takes longer is abandoned and retried later (the job's lock is renewed while
 # it waits, so this bounds how long one call can hold a slot, not correctness).
 CALL_TIMEOUT_SECONDS = 10
+
+# slack-sdk formats its debug lines whenever its logger's own level is unset (NOTSET counts as
+# "DEBUG or lower"), before logging filters them: per call, a copy of the headers, the request's
+# parameters and the whole answer: 531 -> 406 us of CPU per chat.postMessage to a loopback
+# stand-in (bare aiohttp: 348; bench/README.md, issue 18). Its debug lines would also print
+# Slack's answers (hostile data) unbounded. Like slackq/slack_oauth.py,
+# the worker's client gets a logger of its own that stays above DEBUG.
+_LOG = logging.getLogger("worker.slack_calls")
+_LOG.setLevel(logging.INFO)
 
 
 def open_session() -> aiohttp.ClientSession:
@@ -54,6 +64,7 @@ def make_client(token: str | None, base_url: str,
         timeout=CALL_TIMEOUT_SECONDS,
         session=session,
         retry_handlers=[AsyncConnectionErrorRetryHandler(max_retry_count=1)],
+        logger=_LOG,
     )
 
 
