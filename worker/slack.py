@@ -32,10 +32,10 @@ CALL_TIMEOUT_SECONDS = 10
 
 # slack-sdk formats its debug lines whenever its logger's own level is unset (NOTSET counts as
 # "DEBUG or lower"), before logging filters them: per call, a copy of the headers, the request's
-# parameters and the whole answer: 531 -> 406 us of CPU per chat.postMessage to a loopback
-# stand-in (bare aiohttp: 348; bench/README.md, issue 18). Its debug lines would also print
-# Slack's answers (hostile data) unbounded. Like slackq/slack_oauth.py,
-# the worker's client gets a logger of its own that stays above DEBUG.
+# parameters and the whole answer: 45-125 us of CPU per chat.postMessage to a loopback stand-in
+# (8-23 %; bench/README.md, issue 18 third pass). Its debug lines would also print Slack's
+# answers (hostile data) unbounded. Like slackq/slack_oauth.py, the worker's client gets a
+# logger of its own that stays above DEBUG.
 _LOG = logging.getLogger("worker.slack_calls")
 _LOG.setLevel(logging.INFO)
 
