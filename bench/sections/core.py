@@ -8,7 +8,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,13 +115,15 @@ def workers(run: Run, impls: list[str], concurrency: int) -> Iterator[dict[str, 
             background.stop()
 
 
-async def fill_paused(url: str, queue_name: str, tag: str, count: int) -> None:
+async def fill_paused(url: str, queue_name: str, tag: str, count: int, *, name: str = JOB_NAME,
+                      data: Callable[[str], dict[str, Any]] = payload) -> None:
+    """Add `count` jobs to a paused queue, 500 per `addBulk`; `data` builds each job's payload."""
     queue = Queue(queue_name, {"connection": aioredis.Redis.from_url(url, decode_responses=True)})
     try:
         await queue.pause()
         for start in range(0, count, 500):
             ids = [job_id(tag, i) for i in range(start, min(count, start + 500))]
-            await queue.addBulk([{"name": JOB_NAME, "data": payload(i), "opts": options(i)}
+            await queue.addBulk([{"name": name, "data": data(i), "opts": options(i)}
                                  for i in ids])
     finally:
         await queue.close()

@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
-from bullmq import Queue
 
-from bench.common import BENCH_DIR, JOB_NAME, NODE_DIR, Background, job_id, median, options, payload
+from bench.common import BENCH_DIR, JOB_NAME, NODE_DIR, Background, median, payload
 from bench.sections.core import (
     ROOT,
     Run,
     base_env,
+    fill_paused,
     fmt,
     pending,
     ratio,
@@ -159,7 +158,8 @@ def realistic_once(run: Run, impl: str, count: int, standin: Standin | None) -> 
             peer_enqueue(run, impl, queue, count)
         else:
             name = JOB_NAME if standin is None else "app_mention"
-            asyncio.run(fill_paused_named(run.url, queue, run.tag(), count, name))
+            asyncio.run(fill_paused(run.url, queue, run.tag(), count, name=name,
+                                    data=realistic_payload))
         if standin:
             standin.reset()
         time.sleep(0.3)  # let the worker go idle after start-up
@@ -196,18 +196,6 @@ def realistic_once(run: Run, impl: str, count: int, standin: Standin | None) -> 
         result["rate"] = count / (ended - started)
     settle(run)
     return result
-
-
-async def fill_paused_named(url: str, queue_name: str, tag: str, count: int, name: str) -> None:
-    queue = Queue(queue_name, {"connection": aioredis.Redis.from_url(url, decode_responses=True)})
-    try:
-        await queue.pause()
-        for start in range(0, count, 500):
-            ids = [job_id(tag, i) for i in range(start, min(count, start + 500))]
-            await queue.addBulk([{"name": name, "data": realistic_payload(i), "opts": options(i)}
-                                 for i in ids])
-    finally:
-        await queue.close()
 
 
 def realistic_payload(event_id: str) -> dict[str, Any]:
