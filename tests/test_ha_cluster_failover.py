@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,9 @@ async def test_the_blocking_wait_and_the_producer_follow_the_slot_to_the_new_pri
         new_port = await asyncio.to_thread(topology.wait_failover, PREFIX, old.port)
         assert new_port != old.port
         stored = None
+        deadline = time.monotonic() + 30
         while not waiting.done() or stored is None:  # a producer's add leaves the marker
+            assert time.monotonic() < deadline, "no add or no marker on the new primary in 30 s"
             with contextlib.suppress(RedisError):
                 stored = stored or (await queue.add("app_mention", {}, {"jobId": "after"})).id
             await asyncio.wait({waiting}, timeout=0.2)
