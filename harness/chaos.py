@@ -28,6 +28,9 @@ class UnsyncedDropper(Protocol):
     def drop(self) -> int:
         """Discard every write not yet fsynced; return how many bytes were discarded."""
 
+    def aof_fsync_times(self) -> list[float]:
+        """Wall-clock times at which an fsync made AOF data durable, oldest first."""
+
 
 def kill_schedule(rng: random.Random, kills: int, duration: float,
                   warmup: float, tail: float) -> list[float]:
@@ -52,6 +55,7 @@ class Chaos:
     min_uptime: float = 1.0
     ready_seconds: list[float] = field(default_factory=list)
     dropped_bytes: int = 0
+    _last_kill_t: float = 0.0
 
     async def run(self, offsets: list[float]) -> None:
         """Kill at each offset (s from now), never sooner than `min_uptime` after a restart."""
@@ -66,11 +70,12 @@ class Chaos:
 
     async def kill_and_restart(self, number: int) -> float:
         pending = self.pending()
-        await asyncio.to_thread(self._kill, number, pending)
+        killed_at = await asyncio.to_thread(self._kill, number, pending)
         dropped = 0
         if self.dropper is not None:
-            dropped = await asyncio.to_thread(self.dropper.drop)
+            dropped = await asyncio.to_thread(self._power_cut, self.dropper, number)
             self.dropped_bytes += dropped
+        self._last_kill_t = killed_at
         seconds = await asyncio.to_thread(self.server.start)
         self.ledger.ready(number, seconds)
         self.ready_seconds.append(seconds)
@@ -78,11 +83,21 @@ class Chaos:
                  dropped_bytes=dropped, pending_at_kill=pending)
         return seconds
 
-    def _kill(self, number: int, pending: int) -> None:
+    def _kill(self, number: int, pending: int) -> float:
         aof = aof_state(self.server.url)
         # The kill time is taken just before the signal: an ack recorded after it is younger.
-        self.ledger.kill(number, {"pending": pending, "aof": aof})
+        killed_at = self.ledger.kill(number, {"pending": pending, "aof": aof})
         self.server.kill()
+        return killed_at
+
+    def _power_cut(self, dropper: UnsyncedDropper, number: int) -> int:
+        """Drop what the disk had not made durable, then record when it last did (the AOF fsyncs
+        since the previous kill; the drop waits for the dead server's files to close, so an
+        fsync still completing after the SIGKILL is among them)."""
+        dropped = dropper.drop()
+        fsyncs = [at for at in dropper.aof_fsync_times() if at > self._last_kill_t]
+        self.ledger.power_cut(number, fsyncs)
+        return dropped
 
 
 AOF_FIELDS = ("aof_pending_bio_fsync", "aof_buffer_length", "aof_delayed_fsync",

@@ -8,6 +8,13 @@ Pure functions over a `LedgerData`, unit-tested without Redis.
 * For `powerloss`, a lost id is allowed when it was acknowledged at most `loss_window_seconds`
   before the kill that ended the server incarnation that stored it; anything older is
   `lost_outside_window`, a failure. For `crash` every lost id is a failure.
+* The window of one power cut is longer only when the disk measurably made it so: `everysec`
+  loses what was written after the last fsync that completed before the cut began, and a write
+  follows its ack by at most one fsync (Redis postpones it while one runs). So every ack older
+  than the second-to-last completed AOF fsync before the cut was durable, whatever the disk's
+  speed; when that fsync lies further back than `loss_window_seconds` (a starved or slow disk:
+  fsyncs late), that distance is the cut's window (`kill_windows_seconds`). Without two such
+  fsyncs (`appendfsync no`: none) the window stays `loss_window_seconds`.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ class CheckResult:
     duplicates: int
     phantoms: int
     kills: int
+    # Per kill: seconds between the second-to-last AOF fsync that completed before the power
+    # cut and the kill; None where unknown (crash mode, or fewer than two fsyncs).
+    kill_windows_seconds: list[float | None]
     max_ready_seconds: float | None
     loss_window_seconds: float | None
     lost_ids: list[str]
@@ -52,16 +62,34 @@ class CheckResult:
         return asdict(self)
 
 
+def next_kill(ack: Ack, kills: list[float]) -> int | None:
+    """Index of the first kill after the successful attempt began; None when none followed."""
+    index = bisect.bisect_right(kills, ack.sent_t)
+    return None if index == len(kills) else index
+
+
 def loss_age(ack: Ack, kills: list[float]) -> float | None:
     """Seconds between the ack and the first kill after the successful attempt began.
 
     None when no kill followed: nothing can excuse that loss. An ack that arrived just after
     the kill (the reply was already on its way) counts as age 0.
     """
-    index = bisect.bisect_right(kills, ack.sent_t)
-    if index == len(kills):
-        return None
-    return max(0.0, kills[index] - ack.t)
+    index = next_kill(ack, kills)
+    return None if index is None else max(0.0, kills[index] - ack.t)
+
+
+def kill_windows(data: LedgerData) -> list[float | None]:
+    """Per kill: how far back the disk's durability lagged (see the module docstring)."""
+    windows: list[float | None] = []
+    for number, killed_at in enumerate(data.kills, 1):
+        # Every fsync recorded completed before the cut (one may have finished after the kill).
+        fsyncs = sorted(data.aof_fsyncs.get(number, []))
+        windows.append(round(killed_at - fsyncs[-2], 3) if len(fsyncs) >= 2 else None)
+    return windows
+
+
+def allowed_age(given: CheckInput, window: float | None) -> float:
+    return given.loss_window_seconds if window is None else max(given.loss_window_seconds, window)
 
 
 def check(data: LedgerData, given: CheckInput) -> CheckResult:
@@ -69,8 +97,16 @@ def check(data: LedgerData, given: CheckInput) -> CheckResult:
     effected = {job_id for job_id, effects in data.effects.items() if effects}
     lost = sorted(set(data.acked) - effected - set(data.failed))
     ages = {job_id: loss_age(data.acked[job_id], data.kills) for job_id in lost}
-    outside = [job_id for job_id, age in ages.items()
-               if given.mode == "crash" or age is None or age > given.loss_window_seconds]
+    windows: list[float | None] = (kill_windows(data) if given.mode == "powerloss"
+                                   else [None] * len(data.kills))
+
+    def outside_window(job_id: str) -> bool:
+        index = next_kill(data.acked[job_id], data.kills)
+        age = ages[job_id]
+        return (given.mode == "crash" or index is None or age is None
+                or age > allowed_age(given, windows[index]))
+
+    outside = [job_id for job_id in ages if outside_window(job_id)]
     known_ages = [age for age in ages.values() if age is not None]
     phantoms = sorted(effected - data.sent)
     duplicates = sum(1 for effects in data.effects.values() if len(effects) >= 2)
@@ -83,6 +119,7 @@ def check(data: LedgerData, given: CheckInput) -> CheckResult:
         duplicates=duplicates,
         phantoms=len(phantoms),
         kills=len(data.kills),
+        kill_windows_seconds=windows,
         max_ready_seconds=round(max(data.ready_seconds), 3) if data.ready_seconds else None,
         loss_window_seconds=round(max(known_ages), 3) if known_ages else None,
         lost_ids=sorted(outside)[:SAMPLE] or lost[:SAMPLE],
@@ -100,7 +137,8 @@ def _reasons(result: CheckResult, given: CheckInput, phantoms: list[str]) -> lis
         reasons.append(f"{result.lost} acknowledged job(s) lost after a crash (allowed: 0)")
     if given.mode == "powerloss" and result.lost_outside_window:
         reasons.append(f"{result.lost_outside_window} acknowledged job(s) lost that were acked "
-                       f"more than {given.loss_window_seconds:g} s before a kill")
+                       f"more than {given.loss_window_seconds:g} s before a kill (or than the "
+                       f"disk's measured fsync lag, per kill: {result.kill_windows_seconds})")
     if phantoms:
         reasons.append(f"{len(phantoms)} effect(s) for ids never sent, e.g. {phantoms[:3]}")
     if result.kills < given.kills_planned:

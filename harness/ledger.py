@@ -1,10 +1,11 @@
 """The ledger: append-only JSONL files outside the Redis under test.
 
 Producers append `sent` (every attempt) and `acked` (once Redis answered); workers append one
-`effect` per execution; the chaos controller appends `kill` and `ready`; the campaign appends
-`failed` for jobs that ended in BullMQ's failed set. Every line is one JSON object with a `kind`
-and a wall-clock time `t`, so a ledger can be re-checked later (`python -m harness
-check DIR`) and edited by hand to prove the checker catches a loss.
+`effect` per execution; the chaos controller appends `kill`, `power_cut` (with the disk's AOF
+fsync times) and `ready`; the campaign appends `failed` for jobs that ended in BullMQ's failed
+set. Every line is one JSON object with a `kind` and a wall-clock time `t`, so a ledger can be
+re-checked later (`python -m harness check DIR`) and edited by hand to prove the checker catches
+a loss.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ class Ledger:
         self._append("chaos", {"kind": "kill", "n": number, "t": now, **detail})
         return now
 
+    def power_cut(self, number: int, aof_fsyncs: list[float]) -> None:
+        """The power cut after kill `number`, with the times at which the disk made AOF data
+        durable since the previous kill (`harness.chaos`)."""
+        self._append("chaos", {"kind": "power_cut", "n": number, "aof_fsyncs": aof_fsyncs,
+                               "t": time.time()})
+
     def ready(self, number: int, seconds: float) -> None:
         self._append("chaos", {"kind": "ready", "n": number, "seconds": seconds,
                                "t": time.time()})
@@ -88,6 +95,8 @@ class LedgerData:
     effects: dict[str, list[Effect]] = field(default_factory=lambda: defaultdict(list))
     failed: dict[str, str] = field(default_factory=dict)
     kills: list[float] = field(default_factory=list)
+    # Power cut number (1-based, in kill order) -> AOF fsync completion times before it.
+    aof_fsyncs: dict[int, list[float]] = field(default_factory=dict)
     ready_seconds: list[float] = field(default_factory=list)
 
 
@@ -121,5 +130,7 @@ def _apply(data: LedgerData, record: dict[str, Any]) -> None:
         data.failed[record["id"]] = record.get("reason", "")
     elif kind == "kill":
         data.kills.append(record["t"])
+    elif kind == "power_cut":
+        data.aof_fsyncs[int(record["n"])] = [float(at) for at in record["aof_fsyncs"]]
     elif kind == "ready":
         data.ready_seconds.append(record["seconds"])

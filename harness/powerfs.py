@@ -22,11 +22,14 @@ import socketserver
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 PAGE = 4096
+# How many AOF fsync completion times the layer remembers (a few minutes of `everysec`).
+FSYNC_HISTORY = 256
 # How long a power cut waits for the files of the SIGKILLed server to be released.
 DROP_WAIT = 10.0
 STAT_FIELDS = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_atime_ns",
@@ -59,6 +62,9 @@ class PageCache:
         self.released = threading.Condition(self.lock)
         self.inodes: dict[tuple[int, int], Dirty] = {}
         self.open_handles: set[int] = set()
+        # Wall-clock times at which an fsync of an `.aof` file made its data durable: what the
+        # campaign needs to measure the window a power cut can lose (`harness.chaos`).
+        self.aof_fsyncs: deque[float] = deque(maxlen=FSYNC_HISTORY)
 
     @staticmethod
     def key(st: os.stat_result) -> tuple[int, int]:
@@ -333,11 +339,13 @@ def build_operations(backing: Path, cache: PageCache, fsync_delay: float = 0.0) 
                     os.close(fd)
             return 0
 
-        def fsync(self, _path: str, _datasync: int, fh: int) -> int:
+        def fsync(self, path: str, _datasync: int, fh: int) -> int:
             if fsync_delay:
                 time.sleep(fsync_delay)
             with cache.lock:
                 cache.flush(PageCache.key(os.fstat(fh)))
+                if path.endswith(".aof"):
+                    cache.aof_fsyncs.append(time.time())
             # What reached the backing file survives the simulated power cut; the real
             # fdatasync only gives fsync its real cost on this machine's disk.
             os.fdatasync(fh)
@@ -367,7 +375,7 @@ def build_operations(backing: Path, cache: PageCache, fsync_delay: float = 0.0) 
 class _Control(socketserver.StreamRequestHandler):
     """One command per line: `ping`, `drop [SECONDS]` (the power cut: waits up to SECONDS,
     DROP_WAIT by default, for the files on the mount to be closed, and refuses while any is
-    open), `sync` (flush everything)."""
+    open), `sync` (flush everything), `fsyncs` (the remembered AOF fsync times)."""
 
     def handle(self) -> None:
         cache: PageCache = self.server.cache  # type: ignore[attr-defined]
@@ -381,6 +389,8 @@ class _Control(socketserver.StreamRequestHandler):
                 elif command == "sync":
                     cache.flush_all()
                     reply = "synced"
+                elif command == "fsyncs":
+                    reply = " ".join(["fsyncs", *(f"{at:.6f}" for at in cache.aof_fsyncs)])
                 else:
                     reply = f"error unknown command {command!r}"
             self.wfile.write(reply.encode() + b"\n")

@@ -102,6 +102,13 @@ class PowerLossDisk:
             raise PowerLossUnavailable(f"FUSE layer refused drop: {' '.join(reply)}")
         return int(reply[1])
 
+    def aof_fsync_times(self) -> list[float]:
+        """Wall-clock times (oldest first) at which an fsync made an AOF file's data durable."""
+        reply = send(self.control, "fsyncs").split()
+        if reply[:1] != ["fsyncs"]:
+            raise PowerLossUnavailable(f"FUSE layer refused fsyncs: {' '.join(reply)}")
+        return [float(at) for at in reply[1:]]
+
     def stop(self) -> None:
         """Unmount (what was written is kept) and reap the FUSE process."""
         if os.path.ismount(self.mount):

@@ -32,6 +32,9 @@ def summary(report: dict[str, Any]) -> str:
         f"phantoms {report['phantoms']}",
         f"  lost {report['lost']} (outside window {report['lost_outside_window']}, "
         f"oldest lost ack {report['loss_window_seconds']} s before its kill)",
+        *([f"  disk's fsync lag at each power cut: {report['kill_windows_seconds']} s "
+           f"(allowed loss: the larger of this and {report['allowed_loss_window_seconds']} s)"]
+          if report["mode"] == "powerloss" else []),
         f"  verdict: {report['verdict'].upper()} - {VERDICT_MEANING[report['verdict']]}",
     ]
     lines += [f"    - {reason}" for reason in report["reasons"]]

@@ -61,6 +61,31 @@ def test_powerloss_allows_only_losses_inside_the_window() -> None:
     assert check(never_killed, CheckInput(mode="powerloss")).lost_outside_window == 1
 
 
+def test_a_late_disk_widens_a_cut_window_only_as_far_as_its_fsyncs_lagged() -> None:
+    """Acked 3.5 s before the cut: outside the 2 s window while the disk fsynced every second,
+    inside when its second-to-last fsync completed 4 s before the cut (a starved disk), and
+    outside again when it lagged only 3 s; no fsyncs at all (`appendfsync no`) keeps 2 s."""
+    powerloss = CheckInput(mode="powerloss", kills_planned=1)
+
+    def cut_after(fsyncs: list[float]) -> LedgerData:
+        data = ledger({"dur-1": (6.0, 6.5)}, {}, kills=[10.0])
+        data.aof_fsyncs = {1: fsyncs}
+        return data
+
+    healthy = check(cut_after([8.0, 9.0, 9.9]), powerloss)
+    assert (healthy.verdict, healthy.kill_windows_seconds) == ("fail", [1.0])
+    late = check(cut_after([3.0, 6.0, 10.2]), powerloss)
+    assert (late.verdict, late.lost_outside_window, late.kill_windows_seconds) == (
+        "pass", 0, [4.0])
+    lagging_less = check(cut_after([7.0, 9.5]), powerloss)
+    assert (lagging_less.verdict, lagging_less.kill_windows_seconds) == ("fail", [3.0])
+    assert "measured fsync lag" in lagging_less.reasons[0]
+    never_synced = check(cut_after([]), powerloss)
+    assert (never_synced.verdict, never_synced.kill_windows_seconds) == ("fail", [None])
+    crash = check(cut_after([3.0, 6.0]), CheckInput(mode="crash", kills_planned=1))
+    assert crash.kill_windows_seconds == [None]
+
+
 def test_phantoms_missing_kills_undrained_queue_and_no_traffic_fail() -> None:
     phantom = ledger({"dur-1": (1.0, 1.1)}, {"dur-1": 1, "dur-9": 1}, kills=[5.0])
     assert check(phantom, CheckInput(mode="crash")).phantoms == 1
