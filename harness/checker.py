@@ -82,10 +82,16 @@ def kill_windows(data: LedgerData) -> list[float | None]:
     """Per kill: how far back the disk's durability lagged (see the module docstring)."""
     windows: list[float | None] = []
     for number, killed_at in enumerate(data.kills, 1):
-        # Every fsync recorded completed before the cut (one may have finished after the kill).
-        fsyncs = sorted(data.aof_fsyncs.get(number, []))
-        windows.append(round(killed_at - fsyncs[-2], 3) if len(fsyncs) >= 2 else None)
+        windows.append(fsync_lag(killed_at, data.aof_fsyncs.get(number, [])))
     return windows
+
+
+def fsync_lag(killed_at: float, fsyncs: list[float]) -> float | None:
+    """Seconds from the second-to-last AOF fsync completed before a power cut to the kill (every
+    fsync recorded completed before the cut; one may have finished after the kill); None
+    without two."""
+    ordered = sorted(fsyncs)
+    return round(killed_at - ordered[-2], 3) if len(ordered) >= 2 else None
 
 
 def allowed_age(given: CheckInput, window: float | None) -> float:
