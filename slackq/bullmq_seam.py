@@ -58,6 +58,19 @@ STANDARD_JOB_KEYS = ("wait", "paused", "meta", "id", "completed", "delayed", "ac
                      "marker")
 
 
+class FetchTurnLike(Protocol):
+    """A turn to wait for new jobs shared by the processes of a dyno (`worker.fetch_turn`)."""
+
+    async def acquire(self) -> bool:
+        """Take the turn; False when `interrupt` ended the wait first."""
+
+    def release(self) -> None:
+        """Give the turn up (nothing when not held)."""
+
+    def interrupt(self) -> None:
+        """Give the turn up and end a pending `acquire`."""
+
+
 class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq ships no type information
     """A port `Worker` that fetches as Node's Worker does: the next job with each completion,
     and one fetch at a time.
@@ -82,11 +95,15 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq ships no type inf
 
     # Awaited before each fetch: slackq's backoff while Redis fails (worker/outage.py).
     before_fetch: Callable[[], Awaitable[None]] | None = None
+    # Taken before a fetch waits for new jobs, kept while another fetch of this process is
+    # queued (free slots), given up when none is (all slots busy): worker/fetch_turn.py.
+    fetch_turn: FetchTurnLike | None = None
 
     def __init__(self, name: str, processor: Any, opts: dict[str, Any]) -> None:
         super().__init__(name, processor, opts)
         self._fetched: dict[str, Any] = {}
         self._fetching = asyncio.Lock()
+        self._running = 0  # processJob calls in progress: the slots that are busy
         move_to_completed = self.backend.moveToCompleted
 
         async def move_to_completed_fetching_next(
@@ -113,13 +130,37 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq ships no type inf
         the first empty reply the next task blocks for the marker and the others wait their
         turn without touching Redis.
         """
-        async with self._fetching:
-            if self.before_fetch is not None:
-                await self.before_fetch()
-            if self.closing or self.paused:
-                return None
-            job: Job | None = await super().getNextJob(token)
-            return job
+        job: Job | None = None
+        try:
+            async with self._fetching:
+                if self.before_fetch is not None:
+                    await self.before_fetch()
+                if self.fetch_turn is not None and not self.closing and not self.paused:
+                    await self.fetch_turn.acquire()
+                if self.closing or self.paused:
+                    return None
+                job = await super().getNextJob(token)
+                return job
+        finally:
+            self._after_fetch(job)
+
+    def _after_fetch(self, job: Job | None) -> None:
+        """Give the fetch turn up once the job just fetched fills the last free slot."""
+        if self.fetch_turn is None:
+            return
+        full = job is not None and self._running + 1 >= int(self.opts.get("concurrency", 1))
+        if full or self.closing or self.paused:
+            self.fetch_turn.release()
+
+    async def close(self, force: bool = False) -> None:
+        if self.fetch_turn is not None:
+            self.fetch_turn.interrupt()
+        await super().close(force)
+
+    async def pause(self, do_not_wait_active: bool = False) -> None:
+        if self.fetch_turn is not None:
+            self.fetch_turn.interrupt()
+        await super().pause(do_not_wait_active)
 
     async def processJob(self, job: Job, token: str) -> None:
         """Process `job`, then each job its completion fetched, in this same task (same token).
@@ -132,10 +173,14 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq ships no type inf
         `asyncio.wait` over every slot per job. Completions fetch nothing once closing or
         paused, which ends the loop; a forced close cancels it like any processing task.
         """
-        next_job: Job | None = job
-        while next_job is not None:
-            await super().processJob(next_job, token)
-            next_job = await self._fetched_job(token)
+        self._running += 1
+        try:
+            next_job: Job | None = job
+            while next_job is not None:
+                await super().processJob(next_job, token)
+                next_job = await self._fetched_job(token)
+        finally:
+            self._running -= 1
 
     async def _fetched_job(self, token: str) -> Job | None:
         fetched = self._fetched.pop(token, None)

@@ -235,6 +235,12 @@ class Settings(BaseSettings):
                     "`maxmemory-policy` is not `noeviction`, where an evicted job is a lost "
                     "event.")
     # worker/runner.py explains why these defaults differ from BullMQ's.
+    worker_fetch_turn_file: str | None = Field(
+        default=None,
+        description="Set by the worker supervisor for its worker processes, not by hand: the "
+                    "lock file on which they take turns to wait for new jobs, so that at a "
+                    "trickle one process takes the jobs and the others sleep "
+                    "(worker/fetch_turn.py).")
     worker_grace_seconds: float = Field(
         default=25.0, ge=0, le=3600,
         description="How long a worker waits for in-flight jobs after SIGTERM/SIGINT before it "

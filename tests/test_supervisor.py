@@ -292,3 +292,43 @@ def test_a_job_longer_than_30s_completes_within_a_60s_grace(
 
 def at(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["timestamp"]).timestamp()
+
+
+
+def pids_of_held_jobs(proc: Proc, count: int) -> list[int]:
+    """The worker process that ran each held job so far (`test_hold_started`), in order."""
+    return [event["pid"] for event in wait_for_events(proc, "test_hold_started", count)]
+
+
+def test_a_trickle_goes_to_one_process_and_load_fills_both(
+    redis_server: RedisProcess, tmp_path: Path, fake_slack: FakeSlack
+) -> None:
+    """The dyno's fetch turn (worker/fetch_turn.py). Without it, BullMQ's marker, added again
+    after every fetched job, woke the other process for each job and the two took turns: about
+    half the jobs each even at a trickle, each process waking for every job."""
+    env = {**worker_env(redis_server.url, fake_slack.base_url), "WORKER_CONCURRENCY": "2"}
+    proc = WorkerProc("dyno", env, tmp_path)
+
+    async def add_held(names: list[str], hold: float) -> None:
+        queue = make_queue(Settings(redis_url=redis_server.url))
+        try:
+            for n, event_id in enumerate(names):
+                await enqueue_mention(queue, event_id, name="held_mention",
+                                      channel=f"C0HELD{n:03d}", text=f"<@U0BOT> hold={hold}")
+        finally:
+            await queue.close()
+
+    try:
+        wait_for_events(proc, "worker_started", 2)
+        for number in range(1, 9):  # a trickle: each job done before the next arrives
+            asyncio.run(add_held([f"Ev0TRICKLE{number:02d}"], hold=0))
+            wait_for_events(proc, "test_hold_finished", number)
+        assert len(set(pids_of_held_jobs(proc, 8))) == 1
+        # Four jobs held 1.5 s at once, two slots per process: the first process fills up and
+        # gives the turn to the second.
+        asyncio.run(add_held([f"Ev0LOAD{n:02d}" for n in range(4)], hold=1.5))
+        assert len(set(pids_of_held_jobs(proc, 12)[8:])) == 2
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(timeout=25) == 0
+    finally:
+        proc.stop()

@@ -5,7 +5,8 @@ It runs exactly what `python -m worker` runs (`worker.__main__.run_dyno`: with
 shutdown, settings from the environment); the only difference is the registry:
 
 * `held_mention`: replies like `app_mention` (a recorded Slack effect), then holds the job for
-  `TEST_HOLD_SECONDS` (environment, default 0) so a test can signal or kill the process mid-job.
+  `TEST_HOLD_SECONDS` (environment, default 0; a message text `hold=<seconds>` overrides it) so a
+  test can signal or kill the process mid-job. Its log lines name the process (`pid`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from worker.registry import HandlerRegistry, JobContext
 
 async def held_mention(ctx: JobContext) -> dict[str, Any]:
     result = await reply_to_mention(ctx)
-    hold = float(os.environ.get("TEST_HOLD_SECONDS", "0"))
-    ctx.log.info("test_hold_started", hold_seconds=hold)
+    text = str(ctx.event.get("text", ""))
+    hold = float(text.split("hold=", 1)[1].split()[0] if "hold=" in text
+                 else os.environ.get("TEST_HOLD_SECONDS", "0"))
+    ctx.log.info("test_hold_started", hold_seconds=hold, pid=os.getpid())
     await asyncio.sleep(hold)
     ctx.log.info("test_hold_finished")
     return result

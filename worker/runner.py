@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -49,6 +50,7 @@ from worker.errors import (
     PermanentError,
     RedisTransientError,
 )
+from worker.fetch_turn import FetchTurn
 from worker.limiter import Limiter, Limits
 from worker.metrics import instrument_worker, record_deferred
 from worker.outage import RedisOutage, is_transient
@@ -220,6 +222,8 @@ def build_worker(settings: Settings, dispatcher: Dispatcher, options: WorkerOpti
     _log_worker_events(worker, dispatcher.outage)
     if isinstance(worker, FetchNextWorker):
         worker.before_fetch = dispatcher.outage.wait_out
+        if settings.worker_fetch_turn_file:
+            worker.fetch_turn = FetchTurn(Path(settings.worker_fetch_turn_file))
     return worker
 
 

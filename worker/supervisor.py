@@ -19,9 +19,11 @@ import contextlib
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -199,10 +201,13 @@ async def _supervise(supervisor: Supervisor) -> int:
 
 def supervise(settings: Settings, command: Sequence[str] | None = None) -> int:
     """Run `WORKER_PROCESSES` worker processes (each with `WORKER_PROCESSES=1`) until a signal."""
-    env = {**os.environ, "WORKER_PROCESSES": "1"}
-    supervisor = Supervisor(
-        command or child_command(), settings.worker_processes, env,
-        child_grace_seconds=settings.worker_grace_seconds,
-        policy=RestartPolicy.from_settings(settings),
-    )
-    return asyncio.run(_supervise(supervisor))
+    with tempfile.TemporaryDirectory(prefix="slackq-dyno-") as directory:
+        # The children's fetch turn (worker/fetch_turn.py): one lock file per dyno.
+        env = {**os.environ, "WORKER_PROCESSES": "1",
+               "WORKER_FETCH_TURN_FILE": str(Path(directory) / "fetch-turn.lock")}
+        supervisor = Supervisor(
+            command or child_command(), settings.worker_processes, env,
+            child_grace_seconds=settings.worker_grace_seconds,
+            policy=RestartPolicy.from_settings(settings),
+        )
+        return asyncio.run(_supervise(supervisor))
