@@ -17,18 +17,29 @@
   sentinels only when a connection (re)connects. A primary cut off from its replicas and
   sentinels but not from its clients keeps every connection working, so clients stayed on it
   until the partition healed and it was demoted (`READONLY`): 16 s in the partition campaign,
-  and whatever the workers completed there was discarded with it (jobs run twice). Each pool
-  asks every sentinel every `primary_check_seconds` (`SENTINEL GET-MASTER-ADDR-BY-NAME`, one
-  round trip each, concurrently); when a majority of them names another primary than the one
-  its connections are on, it disconnects those connections, busy ones too (a blocking
+  and whatever the workers completed there was discarded with it (jobs run twice). So every
+  `primary_check_seconds` (`SENTINEL GET-MASTER-ADDR-BY-NAME` to every sentinel, one round trip
+  each, concurrently), when a majority of them names another primary than the one a pool's
+  connections are on, those connections are disconnected, busy ones too (a blocking
   `BZPOPMIN` ends with a connection error and its retry reconnects through the sentinels).
+* One `PrimaryWatch` per event loop and service + sentinel addresses, shared by every pool of
+  the process there (a worker has 3-4: BullMQ's connection, the effect claims', the limiter's,
+  ...): one round of questions per tick (any member's sentinel clients ask), and every pool
+  leaves a former primary in the same tick. With a watch per pool they left up to an interval
+  apart, and a claim reached the old primary after BullMQ's connection fetched the job from
+  the new one ("no job hash": tests/test_worker_split_primary.py, which stays as a net). A pool
+  joins as its first connection opens and leaves as it closes; the watch holds pools weakly
+  (an unclosed client can still be collected) and ends with its last one. It ticks every
+  `primary_check_seconds` (its pools' shortest; they all come from one setting).
 
 Internals relied on (redis-py 8.1, pinned with pool.py's): `connect_check_health`, `connect_to`,
-`is_connected`, the pool's `is_master`, `get_master_address`, `master_address`,
-`sentinel_manager`, `_available_connections` and `_in_use_connections`, and the manager's
-`sentinels`.
+`is_connected`, the pool's `is_master`, `get_master_address`, `master_address`, `service_name`,
+`sentinel_manager`, `_available_connections` and `_in_use_connections`, the manager's
+`sentinels` and their `connection_pool.connection_kwargs` (host, port: the watch's key; the
+manager reorders `sentinels`).
 tests/test_ha_sentinel.py fails if a reconnect stops finding the new primary;
-tests/test_ha_partition.py if the watch stops moving the workers off an isolated primary.
+tests/test_ha_partition.py if the watch stops moving the workers off an isolated primary;
+tests/test_ha_sentinel_watch.py if a process's pools stop sharing one watch.
 """
 
 from __future__ import annotations
@@ -104,19 +115,82 @@ async def named_primary(manager: Sentinel, service: str, per_sentinel_s: float) 
     return best[0][0] if best and best[0][1] * 2 > len(manager.sentinels) else None
 
 
-async def _watch(pool_ref: weakref.ref[ClosesSentinels], interval: float) -> None:
-    """Every `interval`, `check_primary` of the pool, while it exists (never holding it
-    between checks, so an unclosed client can still be collected)."""
-    while True:
-        await asyncio.sleep(interval)  # the check's period, not a wait for an effect
-        pool = pool_ref()
-        if pool is None:
+class PrimaryWatch:
+    """The primary watch of every Sentinel pool of one event loop on one service and set of
+    sentinels: one round of questions per tick, and every pool leaves a former primary in it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = weakref.ref(loop)
+        self.pools: weakref.WeakSet[ClosesSentinels] = weakref.WeakSet()  # unclosed ones may go
+        self.task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of(cls, pool: ClosesSentinels) -> PrimaryWatch:
+        """The watch of `pool`'s service and sentinels in the running loop (a new one if none)."""
+        loop = asyncio.get_running_loop()
+        sentinels = sorted(_address(s) for s in pool.sentinel_manager.sentinels)  # it reorders
+        key = (id(loop), pool.service_name, tuple(sentinels))
+        watch = _watches.get(key)
+        if watch is None or watch.loop() is not loop:  # another loop that had the same id
+            watch = _watches[key] = cls(loop)
+        return watch
+
+    def watching(self, pool: ClosesSentinels) -> bool:
+        return (self.loop() is asyncio.get_running_loop() and pool in self.pools
+                and self.task is not None and not self.task.done())
+
+    def join(self, pool: ClosesSentinels) -> None:
+        self.pools.add(pool)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(
+                self._run(), name="redis-primary-watch")
+
+    async def leave(self, pool: ClosesSentinels) -> None:
+        """Forget `pool`; the last one to leave ends the watch."""
+        self.pools.discard(pool)
+        if self.pools or self.task is None:
             return
-        try:
-            await pool.check_primary(per_sentinel_s=interval)
-        except (RedisError, OSError, TimeoutError) as error:  # the next tick tries again
-            log.debug("redis_primary_check_failed", error=type(error).__name__)
-        del pool
+        task, self.task = self.task, None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _run(self) -> None:
+        """A tick every `primary_check_seconds` (the shortest of the pools'), while a pool is
+        left; pools are held only within a tick."""
+        while periods := [pool.primary_check_seconds or 0 for pool in self.pools]:
+            interval = min(periods)
+            await asyncio.sleep(interval)  # the check's period, not a wait for an effect
+            try:
+                await self._tick(interval)
+            except (RedisError, OSError, TimeoutError) as error:  # the next tick tries again
+                log.debug("redis_primary_check_failed", error=type(error).__name__)
+
+    async def _tick(self, per_sentinel_s: float) -> None:
+        pools = list(self.pools)
+        if not pools:
+            return
+        # Any pool's sentinel clients will do; a pool closing meanwhile only loses this round.
+        named = await named_primary(pools[0].sentinel_manager, pools[0].service_name,
+                                    per_sentinel_s)
+        if named is None:
+            return
+        was = {pool.master_address for pool in pools} - {None, named}
+        stale = [c for pool in pools for c in pool.follow(named)]
+        if was:
+            log.warning("redis_primary_moved", was=",".join(sorted(map(_text, was))),
+                        now=_text(named), clients=len(pools), connections=len(stale))
+        for connection in stale:  # after every pool moved: none yields before the last one
+            await connection.disconnect(nowait=True)
+
+
+_watches: weakref.WeakValueDictionary[tuple[int, str, tuple[Address, ...]], PrimaryWatch] = \
+    weakref.WeakValueDictionary()  # a watch lives while a pool or its task holds it
+
+
+def _address(sentinel: aioredis.Redis) -> Address:
+    kwargs = sentinel.connection_pool.connection_kwargs
+    return str(kwargs.get("host")), int(kwargs.get("port", 26379))
 
 
 class ClosesSentinels(SentinelConnectionPool):
@@ -127,41 +201,30 @@ class ClosesSentinels(SentinelConnectionPool):
                  primary_check_seconds: float | None = None, **kwargs: Any) -> None:
         super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
         self.primary_check_seconds = primary_check_seconds
-        self._watcher: asyncio.Task[None] | None = None
+        self._watch: PrimaryWatch | None = None
 
     def watch_primary(self) -> None:
-        """Start the primary watch, unless it runs (or is off); called as a connection opens,
+        """Join the primary watch, unless in it (or it is off); called as a connection opens,
         inside the client's event loop."""
         if not self.primary_check_seconds or not self.is_master:
             return
-        if self._watcher is not None and not self._watcher.done():
-            return
-        self._watcher = asyncio.get_running_loop().create_task(
-            _watch(weakref.ref(self), self.primary_check_seconds), name="redis-primary-watch")
+        if self._watch is None or not self._watch.watching(self):
+            self._watch = PrimaryWatch.of(self)
+            self._watch.join(self)
 
-    async def check_primary(self, per_sentinel_s: float) -> bool:
-        """If a majority of the sentinels names a primary other than the one this pool's
-        connections are on, disconnect those connections (busy ones too); return whether any
-        was. The next command on each reconnects through the sentinels."""
-        named = await named_primary(self.sentinel_manager, self.service_name, per_sentinel_s)
-        if named is None:
-            return False
+    def follow(self, named: Address) -> list[AbstractConnection]:
+        """Take `named` as the primary; return the connections on another node (busy ones
+        too), for the caller to disconnect: the next command on each reconnects through the
+        sentinels."""
+        self.master_address = named
         connections = [*self._available_connections, *self._in_use_connections]
-        stale = [c for c in connections
-                 if c.is_connected and (c.host, c.port) != named]  # type: ignore[attr-defined]
-        if self.master_address != named:
-            log.warning("redis_primary_moved", was=_text(self.master_address), now=_text(named),
-                        connections=len(stale))
-            self.master_address = named
-        for connection in stale:
-            await connection.disconnect(nowait=True)
-        return bool(stale)
+        return [c for c in connections
+                if c.is_connected and (c.host, c.port) != named]  # type: ignore[attr-defined]
 
     async def aclose(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        if self._watch is not None:
+            watch, self._watch = self._watch, None
+            await watch.leave(self)
         await super().aclose()
         await self.sentinel_manager.aclose()
 

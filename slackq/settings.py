@@ -57,13 +57,14 @@ class Settings(BaseSettings):
                     "sentinel.conf). Only with a `redis+sentinel://` REDIS_URL.")
     redis_sentinel_check_seconds: float = Field(
         default=1.0, ge=0, le=60,
-        description="Behind Sentinel, how often each Redis client asks the sentinels which node "
-                    "is the primary, and leaves the one it is on when a majority of them names "
-                    "another. A primary cut off from its sentinels but not from its clients "
-                    "gives them no error until the partition heals: without this check the web "
-                    "and the workers stay on it, and what the workers complete there is "
-                    "discarded with it. One `SENTINEL GET-MASTER-ADDR-BY-NAME` per sentinel per "
-                    "client; `0` turns the check off (docs/high-availability.md).")
+        description="Behind Sentinel, how often each process asks the sentinels which node is "
+                    "the primary, and moves all its Redis clients off the one they are on when "
+                    "a majority of them names another. A primary cut off from its sentinels but "
+                    "not from its clients gives them no error until the partition heals: "
+                    "without this check the web and the workers stay on it, and what the "
+                    "workers complete there is discarded with it. One `SENTINEL "
+                    "GET-MASTER-ADDR-BY-NAME` per sentinel per process; `0` turns the check off "
+                    "(docs/high-availability.md).")
     ack_durability: str = Field(
         default="memory",
         description="What a 200 to Slack promises about the stored job. `memory`: it is in the "

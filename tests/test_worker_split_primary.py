@@ -2,11 +2,13 @@
 lost events): the BullMQ connection already on the new primary, where it fetched a job, the
 command client (effect claims) still on the old one, which never had that job.
 
-Each client leaves an old primary on its own primary check (slackq/sentinel_pool.py), so they
-move up to a check interval apart. Here the command client is pointed at a second, empty
-server for the worker's whole life: the claim finds no job hash. Before, that failed the job
-for good (`job_removed`) on the server that held it: an acknowledged event never answered. The
-control is the test's first assertion: on that code the job ends `failed`."""
+Each client left an old primary on its own primary check, up to a check interval apart; they
+now share one and leave in the same tick (slackq/sentinel_pool.py), but a client that
+reconnects on an error still asks the sentinels on its own. Here the command client is pointed
+at a second, empty server for the worker's whole life: the claim finds no job hash. Before,
+that failed the job for good (`job_removed`) on the server that held it: an acknowledged event
+never answered. The control is the test's first assertion: on that code the job ends
+`failed`."""
 
 from __future__ import annotations
 
