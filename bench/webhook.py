@@ -14,6 +14,10 @@ over keep-alive connections. Latency counts from each request's *scheduled* send
 loop), so a server that falls behind pays for the queue it builds. Each rate runs --reps times,
 the servers taking turns; the table shows the median of the runs' p50/p95/p99 and the highest
 rate with p99 under 5 ms. The script fails if a storing server's 200s and stored events differ.
+
+`--base DIR` also runs the web process of another checkout (e.g. `git archive main | tar -x -C
+DIR`) as `base`, with this checkout's Python and dependencies, taking turns with the others: a
+change is measured against the code it replaces in one run (`slackq CPU / base CPU`).
 """
 
 from __future__ import annotations
@@ -94,9 +98,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def server(command: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[int]:
+def server(command: list[str], env: dict[str, str], port: int, log: Path,
+           cwd: Path = ROOT) -> Iterator[int]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             wait_listening(port, proc)
             yield proc.pid
@@ -121,11 +126,12 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
 def table(rates: list[int], results: dict[str, dict[int, list[Result]]]) -> str:
     """Medians over the repetitions of each rate's p50/p95/p99 and CPU; errors summed."""
     names = list(results)
-    versus_floor = "slackq" in results and "floor" in results  # issue 18's ratio
+    ratios = [(a, b) for a, b in (("slackq", "floor"), ("base", "floor"), ("slackq", "base"))
+              if a in results and b in results]  # issue 18's ratio, and a change's effect
     header = "| events/s | " + " | ".join(
-        f"{n} p50 | {n} p95 | {n} p99 | {n} non-200 | {n} CPU us/req" for n in names) + (
-        " | slackq CPU / floor CPU |" if versus_floor else " |")
-    lines = [header, "|" + "---|" * (1 + 5 * len(names) + versus_floor)]
+        f"{n} p50 | {n} p95 | {n} p99 | {n} non-200 | {n} CPU us/req" for n in names) + "".join(
+        f" | {a} CPU / {b} CPU" for a, b in ratios) + " |"
+    lines = [header, "|" + "---|" * (1 + 5 * len(names) + len(ratios))]
     for rate in rates:
         cells = []
         for name in names:
@@ -133,8 +139,7 @@ def table(rates: list[int], results: dict[str, dict[int, list[Result]]]) -> str:
             cells += [f"{_median(runs, 0.50):.2f}", f"{_median(runs, 0.95):.2f}",
                       f"{_median(runs, 0.99):.2f}", str(sum(r.errors for r in runs)),
                       f"{_cpu(runs):.0f}"]
-        if versus_floor:
-            cells.append(f"{_cpu(results['slackq'][rate]) / _cpu(results['floor'][rate]):.2f}")
+        cells += [f"{_cpu(results[a][rate]) / _cpu(results[b][rate]):.2f}" for a, b in ratios]
         lines.append(f"| {rate} | " + " | ".join(cells) + " |")
     for name in names:
         ok = [rate for rate in rates if _median(results[name][rate], 0.99) < P99_TARGET_MS
@@ -164,13 +169,13 @@ def measure(rates: list[int], seconds: float, reps: int, servers: dict[str, tupl
     results: dict[str, dict[int, list[Result]]] = {name: {r: [] for r in rates}
                                                    for name in servers}
     for name, (port, _) in servers.items():  # warm-up: connections, Lua scripts, caches
-        run_rate(port, 200, 1.0, f"W{name[0]}", work)
+        run_rate(port, 200, 1.0, f"W{name[:2]}", work)
     for rep in range(reps):
         for rate in rates:
             for name, (port, pid) in servers.items():
                 rewrites = settle(redis_server)
                 cpu_before = cpu_seconds(pid)
-                result = run_rate(port, rate, seconds, f"{name[0].upper()}{rep}", work)
+                result = run_rate(port, rate, seconds, f"{name[:2].upper()}{rep}", work)
                 result.cpu_us_per_request = ((cpu_seconds(pid) - cpu_before)
                                              / (rate * seconds) * 1e6)
                 results[name][rate].append(result)
@@ -218,6 +223,7 @@ def settle_rewrites(redis_server: RedisProcess) -> int:
 
 SERVERS = {  # name -> command; each is served by uvicorn in its own process
     "slackq": [sys.executable, "-m", "producers"],  # as the Procfile runs it
+    "base": [sys.executable, "-m", "producers"],  # the same, from --base's checkout
     "floor": [sys.executable, "bench/store_floor_app.py"],  # bare store-before-ack
     "bolt": [sys.executable, "bench/bolt_app.py"],  # ack without I/O
 }
@@ -228,13 +234,22 @@ def main() -> int:
     parser.add_argument("--rates", default="250,500,750,1000,1500,2000,3000")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--reps", type=int, default=3, help="runs per rate and server")
-    parser.add_argument("--servers", default=",".join(SERVERS),
-                        help=f"comma-separated, among {', '.join(SERVERS)}")
+    choices = [name for name in SERVERS if name != "base"]  # base: with --base only
+    parser.add_argument("--servers", default=",".join(choices),
+                        help=f"comma-separated, among {', '.join(choices)}")
+    parser.add_argument("--base", type=Path,
+                        help="another checkout whose web process runs as `base` beside slackq")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     names = [name for name in args.servers.split(",") if name]
-    if not names or any(name not in SERVERS for name in names):
-        parser.error(f"--servers: choose among {', '.join(SERVERS)}")
+    if not names or any(name not in choices for name in names):
+        parser.error(f"--servers: choose among {', '.join(choices)}")
+    cwds = dict.fromkeys(names, ROOT)
+    if args.base is not None:
+        if not (args.base / "producers" / "__main__.py").is_file():
+            parser.error(f"--base: {args.base} holds no producers/__main__.py")
+        names.insert(names.index("slackq") if "slackq" in names else len(names), "base")
+        cwds["base"] = args.base.resolve()
     with tempfile.TemporaryDirectory(prefix="slackq-bench-") as tmp:
         work = Path(tmp)
         redis_server = RedisProcess(data_dir=work / "redis")
@@ -247,7 +262,7 @@ def main() -> int:
                 for name in names:
                     port = free_port()
                     pid = stack.enter_context(server(SERVERS[name], {**env, "PORT": str(port)},
-                                                     port, work / f"{name}.log"))
+                                                     port, work / f"{name}.log", cwds[name]))
                     servers[name] = (port, pid)
                 results = measure(rates, args.seconds, args.reps, servers, redis_server, work)
         finally:
@@ -275,7 +290,7 @@ def floor_events(redis_server: RedisProcess) -> int:
 
 
 # What each storing server has stored since the last settle (FLUSHDB), to compare with its 200s.
-STORED = {"slackq": redis_server_jobs, "floor": floor_events}
+STORED = {"slackq": redis_server_jobs, "base": redis_server_jobs, "floor": floor_events}
 
 
 if __name__ == "__main__":
