@@ -8,19 +8,27 @@ every real request into a 503. This protocol closes a connection whose request h
 complete within `WEB_HEADER_TIMEOUT_SECONDS`, counted from the connection's start and from the
 end of each response; the body then has its own deadline (`producers.body.read_body`).
 
+The deadline is a time kept per connection, and one timer per connection that checks it when it
+fires (and re-arms itself if the deadline has moved on): a request on a kept-alive connection
+only writes a float, where arming and cancelling a uvloop timer per request cost ~3 us.
+
 It subclasses uvicorn's `HttpToolsProtocol` (httptools, which uvicorn picks when installed, as
 `uvicorn[standard]` does) and relies on: its `connection_made`, `connection_lost`,
 `on_headers_complete` and `on_response_complete` methods, its `loop`, `transport` and `cycle`
-attributes, and a cycle's `response_complete`. tests/test_web_hardening.py checks each of them
-and names this module if uvicorn changes them.
+attributes, and a cycle's `response_complete`; `body_buffered` reads a cycle's `more_body` and
+`message_event`. tests/test_web_hardening.py checks each of them and names this module if
+uvicorn changes them.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+_RESOLUTION = 0.001  # s: libuv's timers count milliseconds, and may fire this much early
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
@@ -30,14 +38,15 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._header_deadline: asyncio.TimerHandle | None = None
+        self._header_deadline: float | None = None  # loop time; None: no headers awaited
+        self._timer: asyncio.TimerHandle | None = None  # fires at or before the deadline
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
 
     def on_headers_complete(self) -> None:
-        self._disarm()
+        self._header_deadline = None  # the timer stays: the next request will need it
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
@@ -45,23 +54,36 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self._arm()  # the next request's headers (a pipelined one is let through in _expired)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._header_deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
     def _arm(self) -> None:
-        self._disarm()
-        self._header_deadline = self.loop.call_later(self.header_timeout, self._expired)
-
-    def _disarm(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
+        self._header_deadline = self.loop.time() + self.header_timeout
+        if self._timer is None:  # a pending timer fires earlier and moves itself on
+            self._timer = self.loop.call_at(self._header_deadline, self._expired)
 
     def _expired(self) -> None:
+        self._timer = None
+        if self._header_deadline is None:  # a request is in progress: no deadline to keep
+            return
+        if self._header_deadline - self.loop.time() > _RESOLUTION:  # armed again since
+            self._timer = self.loop.call_at(self._header_deadline, self._expired)
+            return
         self._header_deadline = None
         in_progress = self.cycle is not None and not self.cycle.response_complete
         if not in_progress and not self.transport.is_closing():
             self.transport.close()
+
+
+def body_buffered(receive: Callable[..., Any]) -> bool:
+    """Whether `receive` is uvicorn's and its request's whole body has arrived already: the
+    next `receive()` then returns it without waiting, so reading it needs no deadline."""
+    cycle = getattr(receive, "__self__", None)
+    return (isinstance(cycle, RequestResponseCycle) and not cycle.more_body
+            and cycle.message_event.is_set())
 
 
 def header_deadline_protocol(seconds: float) -> type[HeaderDeadlineProtocol]:
