@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 
 from producers.body import log_text, required_text
 from producers.errors import MalformedRequest
-from producers.jobs import SlackJob, checked_job_id
+from producers.jobs import OK, SlackJob, checked_job_id
 from slackq.contract import stored_data
 
 JOB_ID_PREFIX = "command-"
@@ -43,5 +43,5 @@ def command_job(form: dict[str, str], ack_text: str = "") -> SlackJob:
 def command_ack(text: str) -> Response:
     """Slack's immediate reply to a stored command: empty, or an ephemeral `text`."""
     if not text:
-        return Response(status_code=200)
+        return OK
     return JSONResponse({"response_type": "ephemeral", "text": text})

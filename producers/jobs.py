@@ -10,6 +10,10 @@ from starlette.responses import Response
 from producers.errors import MalformedRequest
 from slackq.contract import InvalidJobId, validate_job_id
 
+# The usual acknowledgement: one object for every job (a Response is not changed once built, and
+# building one per request cost ~2 us).
+OK = Response(status_code=200)
+
 
 @dataclass(frozen=True)
 class SlackJob:
@@ -23,7 +27,7 @@ class SlackJob:
     data: dict[str, Any]
     job_id: str
     log_context: dict[str, str | None] = field(default_factory=dict)
-    ack: Response = field(default_factory=lambda: Response(status_code=200))
+    ack: Response = OK
 
 
 def checked_job_id(job_id: str) -> str:
