@@ -7,6 +7,11 @@ one pipeline of the port's own `addStandardJob` EVALSHA calls (same Lua script, 
 arguments as `Queue.add`, from `slackq.bullmq_seam.standard_add_calls`), so under load one write
 and one read serve many requests.
 
+An add that finds nothing in flight sends its EVALSHA itself, from its own task: a lone add
+(nearly every add below a few hundred requests a second) then costs no future, no sender task
+and no hand-over between tasks (~30 us less CPU than queueing it for the sender). Adds that
+arrive while any round trip is in flight queue up and go out together once it is done.
+
 A job's future resolves with its id only from Redis' reply to that job's EVALSHA: a resolved
 future means the job is stored, as with `Queue.add`. Anything unusual (a delayed or prioritised
 job, NOSCRIPT after a Redis restart) goes through the port's own `Queue.add`.
@@ -41,17 +46,36 @@ class AddBatcher:
         self.queue = queue
         self._pending: list[Pending] = []
         self._sender: asyncio.Task[None] | None = None
+        self._direct = False  # an add is sending its own EVALSHA
 
     async def add(self, name: str, data: dict[str, Any], opts: dict[str, Any]) -> str:
         """Store one job; return its id (an existing job's id when the id is already taken)."""
         job, call = self._prepare(name, data, opts)
         if job.opts.get("delay") or job.opts.get("priority"):
             return str((await self.queue.add(name, data, opts)).id)
+        if not self._direct and (self._sender is None or self._sender.done()):
+            return await self._add_alone(job, call)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._pending.append((job, call, future))
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send_all())
+        self._start_sender()
         return await future
+
+    async def _add_alone(self, job: Job, call: tuple[Any, ...]) -> str:
+        """Nothing in flight: send this job's EVALSHA now; what queues meanwhile goes next."""
+        self._direct = True
+        try:
+            [reply] = await self._evalsha([call])
+        finally:  # cancelled too (the request's budget): the queued adds must not be stranded
+            self._direct = False
+            self._start_sender()
+        result = await self._result(job, reply)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _start_sender(self) -> None:
+        if self._pending and not self._direct and (self._sender is None or self._sender.done()):
+            self._sender = asyncio.create_task(self._send_all())
 
     def _prepare(self, name: str, data: dict[str, Any], opts: dict[str, Any],
                  ) -> tuple[Job, tuple[Any, ...]]:
@@ -82,7 +106,11 @@ class AddBatcher:
                 raise
             return
         for (job, _, future), reply in zip(batch, replies, strict=True):
-            await self._settle(job, future, reply)
+            result = await self._result(job, reply)
+            if isinstance(result, BaseException):
+                _fail(future, result)
+            elif not future.done():
+                future.set_result(result)
 
     async def _evalsha(self, calls: list[tuple[Any, ...]]) -> list[Any]:
         """Replies in order; a Redis error reply is returned, not raised (as in a pipeline)."""
@@ -97,18 +125,18 @@ class AddBatcher:
             pipe.execute_command("EVALSHA", *call)
         return list(await pipe.execute(raise_on_error=False))
 
-    async def _settle(self, job: Job, future: asyncio.Future[str], reply: Any) -> None:
+    async def _result(self, job: Job, reply: Any) -> str | BaseException:
+        """The stored job's id from its EVALSHA reply, or the error to raise to its caller."""
         if isinstance(reply, NoScriptError):  # Redis restarted: the port loads the script again
             try:
                 reply = (await self.queue.add(job.name, job.data, job.opts)).id
             except Exception as exc:  # handed to the waiter
                 reply = exc
         if isinstance(reply, int) and reply < 0:
-            reply = ResponseError(f"addStandardJob returned error code {reply}")
+            return ResponseError(f"addStandardJob returned error code {reply}")
         if isinstance(reply, BaseException):
-            _fail(future, reply)
-        elif not future.done():
-            future.set_result(str(reply))
+            return reply
+        return str(reply)
 
 
 def _fail(future: asyncio.Future[str], exc: BaseException) -> None:
