@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -155,14 +156,20 @@ async def test_a_flush_is_one_script_call_and_a_refused_entry_spares_the_others(
     assert len(await index.search(Filters(text="many"))) == 5
 
 
+async def until_taken(index: JobIndex) -> None:
+    """One turn of the loop at a time (at most 5 s) until the background flush, FLUSH_SECONDS
+    after the first entry, has taken the queued entries to send them."""
+    deadline = time.monotonic() + 5
+    for _ in range(10_000_000):
+        if not index._pending or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0)
+    assert not index._pending, "the background flush never took the entry"
+
+
 async def test_entries_queued_during_a_flush_are_flushed_too(index: JobIndex) -> None:
     index.record_soon("EvA", "app_mention", app_mention_envelope("EvA", text="during"))
-    for _ in range(100_000):  # until the background flush has taken EvA's entry to send it
-        if not index._pending:
-            break
-        await asyncio.sleep(0)  # one turn of the loop: the flush's send is still in flight
-    else:
-        raise AssertionError("the background flush never took the entry")
+    await until_taken(index)  # the flush's send of EvA's entry is still in flight
     index.record_soon("EvB", "app_mention", app_mention_envelope("EvB", text="during"))
 
     async def both() -> bool:  # EvB, queued while that flush was in flight, goes out too
@@ -176,10 +183,7 @@ async def test_flush_waits_for_a_background_write_before_the_client_closes(
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     index = JobIndex(client, "bull", "slack-events", retention_seconds=60)
     index.record_soon("EvC", "app_mention", app_mention_envelope("EvC", text="closing"))
-    for _ in range(100_000):  # until the background flush has taken the entry to send it
-        if not index._pending:
-            break
-        await asyncio.sleep(0)
+    await until_taken(index)
     await index.flush()  # as Enqueuer.close does, just before the client closes
     await client.aclose()
     with redis.Redis.from_url(redis_server.url, decode_responses=True) as check:
