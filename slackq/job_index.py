@@ -53,7 +53,9 @@ STATS_TTL_SECONDS = 8 * 86_400  # a week of per-minute history, and a day of sla
 FLUSH_SECONDS = 0.1  # how long an entry may wait to share a round trip with others
 FLUSH_TIMEOUT_SECONDS = 2.0
 MAX_PENDING = 10_000
-MAX_PER_CALL = 200  # entries per script call: ~0.5 ms of Redis time at most
+# Entries per script call: ~0.15 ms of Redis time, and ~0.3-0.5 ms of the web process's event
+# loop to build (the flush lets requests in between two calls' building).
+MAX_PER_CALL = 50
 FIELDS = ("name", "team", "channel", "user", "event")  # what a search can filter on
 INDEXED_FIELDS = ("name", "team", "channel", "user")  # the event id is the job id
 _SPACE = re.compile(r"\s")
@@ -355,9 +357,13 @@ class JobIndex:
             log.warning("jobs_not_indexed", count=refused, error="refused by Redis")
 
     async def _send(self, batch: list[Entry]) -> int:
-        """Send `batch` as one script call per `MAX_PER_CALL` entries (one call per flush at
-        any ordinary rate; the cap bounds how long one call holds Redis); the refused count."""
-        calls = [self._call(batch[i:i + MAX_PER_CALL]) for i in range(0, len(batch), MAX_PER_CALL)]
+        """Send `batch` as one script call per `MAX_PER_CALL` entries (one call per flush up to
+        500 jobs a second), all in one round trip; the refused count."""
+        calls: list[tuple[list[str], list[str | int]]] = []
+        for start in range(0, len(batch), MAX_PER_CALL):
+            if calls:  # building runs on the event loop: requests go first between two calls
+                await asyncio.sleep(0)
+            calls.append(self._call(batch[start:start + MAX_PER_CALL]))
         if len(calls) == 1:
             keys, args = calls[0]
             return int(await self.client.evalsha(self._record.sha, len(keys), *keys, *args))
