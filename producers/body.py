@@ -159,6 +159,8 @@ def log_text(source: Mapping[str, Any], key: str) -> str | None:
 
 
 def _encodable(value: str) -> bool:
+    if value.isascii():  # nearly every id: no encoding to try
+        return True
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
