@@ -49,7 +49,7 @@ def main() -> int:
 
 # Net allocations between two collections of the youngest generation (CPython's default: 700).
 # A request's objects live for milliseconds: whatever the threshold, a collection finds about
-# the requests in flight, so collecting 14 times less often does about 14 times less work.
+# the objects of the requests in flight, so collecting less often does less work in all.
 GC_YOUNG_THRESHOLD = 10_000
 
 
