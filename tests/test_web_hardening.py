@@ -3,7 +3,8 @@
 * `/health/redis` and `/metrics` on the public port reuse their Redis connections and their
   answer for about a second: many requests open no new connections.
 * A body declared larger than 1 MiB gets 413 before any of it is sent; a body that trickles in
-  gets 408 within `WEB_BODY_TIMEOUT_SECONDS` and its connection is closed; beyond
+  gets 408 within `WEB_BODY_TIMEOUT_SECONDS` and its connection is closed (one that comes in two
+  parts within it is stored); beyond
   `WEB_MAX_CONCURRENCY` connections a request gets 503, and slots come back once the slow
   bodies time out.
 * A connection that sends no request, or half of its headers, is closed after
@@ -29,7 +30,7 @@ import redis
 
 from slackq.embedded import RedisProcess, free_port
 from tests.processes import Proc, process_env, wait_http_ok
-from tests.slack_requests import SIGNING_SECRET
+from tests.slack_requests import SIGNING_SECRET, app_mention_envelope, encode, signed_headers
 from tests.waiting import wait_until_sync
 
 FORM = b"application/x-www-form-urlencoded"
@@ -199,9 +200,15 @@ def test_a_connection_without_complete_headers_is_closed(web: int, sent: bytes) 
 
 
 def test_kept_alive_and_pipelined_requests_still_work_then_a_half_request_is_closed(
-    web: int,
+    web: int, redis_client: redis.Redis,
 ) -> None:
     get = b"GET /health HTTP/1.1\r\nHost: slackq.test\r\n\r\n"
+    # First a body whose second half comes after the handler started (its deadline set, unlike
+    # a body that arrives whole): read, verified and stored.
+    body = encode(app_mention_envelope("Ev0SPLIT01"))
+    head = "".join(f"{name}: {value}\r\n" for name, value in signed_headers(body).items())
+    post = (f"POST /slack/events HTTP/1.1\r\nHost: slackq.test\r\n{head}"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
     def answers(sock: socket.socket, count: int) -> bytes:
         data = b""
         while data.count(b'{"healthy":true}') < count:  # each answer ends with this body
@@ -211,6 +218,11 @@ def test_kept_alive_and_pipelined_requests_still_work_then_a_half_request_is_clo
         return data
 
     with connect(web) as sock:
+        sock.sendall(post + body[:40])
+        time.sleep(0.3)  # well within WEB_BODY_TIMEOUT_SECONDS=1
+        sock.sendall(body[40:])
+        assert status_of(sock.recv(65536)) == 200
+        assert redis_client.lrange("bull:slack-events:wait", 0, -1) == ["Ev0SPLIT01"]
         sock.sendall(get)
         assert answers(sock, 1).startswith(b"HTTP/1.1 200")
         sock.sendall(get + get)  # two at once: the second waits for the first's answer
@@ -235,3 +247,10 @@ def test_the_uvicorn_internals_the_header_deadline_relies_on() -> None:
         "producers/http_protocol.py: HttpToolsProtocol no longer sets loop/transport/cycle")
     assert "self.response_complete" in inspect.getsource(httptools_impl.RequestResponseCycle), (
         "producers/http_protocol.py: a request cycle no longer has response_complete")
+    cycle = inspect.getsource(httptools_impl.RequestResponseCycle.__init__)
+    assert "self.more_body" in cycle and "self.message_event" in cycle, (
+        "producers/http_protocol.py (body_buffered): a request cycle no longer has more_body "
+        "or message_event")
+    assert "self.message_event.wait()" in inspect.getsource(
+        httptools_impl.RequestResponseCycle.receive), (
+        "producers/http_protocol.py (body_buffered): receive() no longer waits on message_event")
