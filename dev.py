@@ -126,8 +126,9 @@ def parallel_options(args: list[str]) -> list[str]:
     workers on two cores overlap those waits with other tests. One worker per core, not more:
     the suite also starts many Python processes (~2 s of CPU each for the web), and with one more on
     a shared 2-core machine their start-up and the 3 s webhook budget test ran past their
-    deadlines. Each test module is one xdist group, long modules first (tests/conftest.py);
-    `--no-loadscope-reorder` keeps that order instead of xdist's largest-group-first.
+    deadlines. Each test module is one unit of work, long modules first (tests/scheduling.py,
+    which replaces loadgroup's scheduler); `--no-loadscope-reorder` keeps that order instead of
+    xdist's largest-group-first.
     """
     chooses = any(arg.startswith(("-n", "--numprocesses", "--dist")) or arg == "no:xdist"
                   for arg in args)

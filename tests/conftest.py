@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -14,41 +15,36 @@ from harness.slack_standin import FakeSlack
 from slackq.embedded import RedisProcess
 from slackq.settings import Settings
 from tests.prerequisites import enforce
+from tests.scheduling import LONG_MARKS, ModuleScheduling, module_group, unit_seconds
 from tests.slack_requests import BOT_TOKEN, SIGNING_SECRET
 from tests.webhook_client import module_redis, queue_redis, webhook_settings  # noqa: F401 - fixtures
 from tests.worker_helpers import make_queue
 
-# Under `pytest -n N --dist loadgroup` (what `python3 dev.py test` runs): each test module is one
-# group, run by one xdist worker, so that its module-scoped servers (a durability campaign, the
-# browser's deployment) start once. Modules named here share a group: both HA modules build
-# Sentinel topologies of six redis processes, the partition ones on network namespaces whose /24
-# is drawn at random from 150; one at a time keeps them from starving each other's failovers.
-SHARED_GROUPS = {"test_ha_partition": "ha", "test_ha_sentinel": "ha"}
-# Modules with a test marked with one of these run first, so that no worker starts a minute-long
-# module when the others are already done.
-LONG_MARKS = ("slow", "durability")
 
-
-def pytest_itemcollected(item: pytest.Item) -> None:
-    """Under xdist's `loadgroup`, put each test in its module's group (see SHARED_GROUPS).
-
-    On an xdist worker `--dist loadgroup` shows as `option.loadgroup`; xdist's own
-    `pytest_collection_modifyitems` then turns the marks into the node ids its scheduler groups
-    by (marks added in that hook itself come too late for it).
-    """
-    if getattr(item.config.option, "loadgroup", False) and \
-            item.get_closest_marker("xdist_group") is None:
-        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(item.path.stem,
-                                                                  item.path.stem)))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> ModuleScheduling | None:
+    """Under `--dist loadgroup` (what `python3 dev.py test` runs): one module group per unit of
+    work (tests/scheduling.py), instead of xdist's marks, which pytest >= 9.2 drops."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    return ModuleScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist's `loadgroup`, modules with long tests (LONG_MARKS) first."""
+    """On an xdist worker under `loadgroup`: the longest module groups first (the scheduler
+    hands units out in collection order, `--no-loadscope-reorder`); modules stay whole."""
     if not getattr(config.option, "loadgroup", False):
         return
-    long_modules = {item.path for item in items
-                    if any(item.get_closest_marker(mark) for mark in LONG_MARKS)}
-    items.sort(key=lambda item: item.path not in long_modules)  # stable: modules stay whole
+    marked = {item.path.stem: False for item in items}
+    for item in items:
+        if any(item.get_closest_marker(mark) for mark in LONG_MARKS):
+            marked[item.path.stem] = True
+    seconds = unit_seconds(marked)
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        first.setdefault(module_group(item.nodeid), index)
+    items.sort(key=lambda item: (-seconds[module_group(item.nodeid)],
+                                 first[module_group(item.nodeid)]))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
