@@ -6,11 +6,7 @@ import asyncio
 import gc
 import sys
 
-import uvicorn
-
 from producers.ack import require_ack_support
-from producers.app import create_app
-from producers.http_protocol import header_deadline_protocol
 from slackq.errors import ConfigError, RedisMisconfigured, StoreError
 from slackq.logging import configure_logging
 from slackq.preflight import check_credentials, check_store_sync
@@ -31,6 +27,13 @@ def main() -> int:
     except RedisMisconfigured as exc:
         print(f"slackq web: {exc}", file=sys.stderr)
         return 2
+    # The app and uvicorn (~1 s of imports) once the checks above passed: a start that stops
+    # on its configuration or its Redis stops at once.
+    import uvicorn
+
+    from producers.app import create_app
+    from producers.http_protocol import header_deadline_protocol
+
     app = create_app(settings)
     settle_garbage_collector()
     uvicorn.run(

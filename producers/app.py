@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import State
@@ -21,14 +21,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from dashboard.app import Dashboard
 from producers.enqueue import EnqueuePolicy, Enqueuer
 from producers.health import OpsEndpoints
 from producers.metrics import ProducerMetrics
-from producers.oauth import OAuthFlow, oauth_routes
 from producers.slack_endpoints import SlackEndpoint, slack_endpoints
 from producers.verify import RequestVerifier
 from slackq.settings import Settings
+
+if TYPE_CHECKING:
+    from dashboard.app import Dashboard
 
 
 class WebhookApp(Starlette):
@@ -60,13 +61,26 @@ async def health(_request: Request) -> Response:
     return JSONResponse({"healthy": True})
 
 
+def _dashboard(settings: Settings) -> Dashboard | None:
+    """The mounted dashboard, or None; its modules (Jinja2, the views) load only when
+    `ADMIN_PASSWORD` is set at all (`Dashboard.for_settings` decides the rest)."""
+    if settings.admin_password is None:
+        return None
+    from dashboard.app import Dashboard
+
+    return Dashboard.for_settings(settings)
+
+
 def create_app(settings: Settings, policy: EnqueuePolicy | None = None) -> WebhookApp:
     """The ASGI app for `settings` (the web process reads them once, in `producers.__main__`)."""
 
     multi = settings.workspace_mode() == "multi"
+    if multi:
+        # SQLAlchemy and slack-sdk's OAuth stores: ~0.8 s of CPU at every start, so only here.
+        from producers.oauth import OAuthFlow, oauth_routes
     metrics = ProducerMetrics()
     ops = OpsEndpoints(settings, metrics.registry)  # /health/redis, /metrics
-    admin = Dashboard.for_settings(settings)  # None (and /admin a 404) without ADMIN_PASSWORD
+    admin = _dashboard(settings)  # None (and /admin a 404) without ADMIN_PASSWORD
 
     @asynccontextmanager
     async def lifespan(app: WebhookApp) -> AsyncIterator[None]:

@@ -15,8 +15,6 @@ from typing import Any, TextIO
 
 import structlog
 
-from slackq.bullmq_seam import route_port_tracebacks
-
 # Slack tokens (xoxb-, xoxp-, xapp-...) and passwords inside URLs (user:password@ or
 # ?password=) must never reach a log line, tracebacks included.
 _TOKEN = re.compile(r"xox[a-z]-[0-9A-Za-z-]+|xapp-[0-9A-Za-z-]+")
@@ -140,4 +138,8 @@ def configure_logging(log_format: str | None = None, log_level: str = "info") ->
     for name, floor in _QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(max(level, floor))
     # The port prints some tracebacks itself (not through logging): they become log lines too.
+    # Imported here: BullMQ is ~0.4 s of imports that a process stopping on its settings (or
+    # only redacting) does without.
+    from slackq.bullmq_seam import route_port_tracebacks
+
     route_port_tracebacks()
