@@ -21,6 +21,8 @@ from pathlib import Path
 from harness.errors import PowerLossUnavailable
 from harness.powerfs import DROP_WAIT, send
 
+UNMOUNT_GRACE = 2.0  # seconds the FUSE process gets to exit after the unmount (see `stop`)
+
 
 def unavailable_reason() -> str | None:
     """None when a FUSE mount can work here, else the reason it cannot."""
@@ -110,7 +112,14 @@ class PowerLossDisk:
         return [float(at) for at in reply[1:]]
 
     def stop(self) -> None:
-        """Unmount (what was written is kept) and reap the FUSE process."""
+        """Unmount (what was written is kept) and reap the FUSE process.
+
+        The layer writes its cache to the backing directory when the kernel releases the mount,
+        and then exits. A mount namespace made while it was mounted (`ip netns exec`, as the HA
+        tests run servers; this machine's mounts are private) keeps a copy of the mount until its
+        processes exit, and with it the layer: after UNMOUNT_GRACE seconds it is told to write
+        its cache (`sync`) and killed.
+        """
         if os.path.ismount(self.mount):
             command = ["fusermount3", "-u"] if shutil.which("fusermount3") else ["umount"]
             result = subprocess.run([*command, str(self.mount)], capture_output=True, check=False)
@@ -119,8 +128,10 @@ class PowerLossDisk:
                                check=False)
         if self._process is not None:
             try:
-                self._process.wait(timeout=10)
+                self._process.wait(timeout=UNMOUNT_GRACE)
             except subprocess.TimeoutExpired:
+                with contextlib.suppress(OSError):
+                    send(self.control, "sync", timeout=10)
                 self._process.kill()
                 self._process.wait(timeout=10)
             self._process = None
