@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 
-from harness.topology import NodeProcess, ask
+from harness.topology import NodeProcess, ask, prompt_first_sync
 from slackq.embedded import free_port, server_binary
 
 PRIMARIES = 3
@@ -79,11 +79,12 @@ class ClusterTopology:
             node.start()
             self.nodes.append(node)
         cli = shutil.which("redis-cli") or str(Path(binary).with_name("redis-cli"))
-        subprocess.run(
-            [cli, "--cluster", "create", *(f"{n.host}:{n.port}" for n in self.nodes),
-             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-            check=True, capture_output=True, timeout=timeout)
-        self._wait(self._ready, timeout, "every node to report cluster_state:ok")
+        with prompt_first_sync(self.nodes):
+            subprocess.run(
+                [cli, "--cluster", "create", *(f"{n.host}:{n.port}" for n in self.nodes),
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                check=True, capture_output=True, timeout=timeout)
+            self._wait(self._ready, timeout, "every node to report cluster_state:ok")
 
     def _ready(self) -> bool:
         maps = [self.slot_map(node) for node in self.alive()]

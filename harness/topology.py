@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,33 @@ def ask(host: str, port: int, command: Callable[[redis.Redis], Any]) -> Any:
         return None
     finally:
         client.close()
+
+
+SYNC_DELAY = "repl-diskless-sync-delay"
+
+
+@contextlib.contextmanager
+def prompt_first_sync(nodes: list[NodeProcess]) -> Iterator[None]:
+    """The replicas' first full sync at once; then each node's own delay again.
+
+    Before a full sync a primary waits `repl-diskless-sync-delay` (5 s by default) for more
+    replicas to share the transfer: every topology's start waited that long for its replicas to
+    be in sync. The value is put back once the topology is up, so that the failovers and heals of
+    a campaign sync as the configuration says.
+    """
+    def set_delay(node: NodeProcess, value: Any) -> None:
+        ask(node.host, node.port, lambda client: client.config_set(SYNC_DELAY, value))
+
+    saved = [(node, ask(node.host, node.port, lambda client: client.config_get(SYNC_DELAY)))
+             for node in nodes]
+    for node in nodes:
+        set_delay(node, 0)
+    try:
+        yield
+    finally:
+        for node, reply in saved:
+            if isinstance(reply, dict) and SYNC_DELAY in reply:
+                set_delay(node, reply[SYNC_DELAY])
 
 
 @dataclass
@@ -173,17 +200,18 @@ class SentinelTopology:
                                binary=server_binary(self.binary), overrides=overrides, **place)
             node.start()
             self.nodes.append(node)
-        primary = (self.nodes[0].host, self.nodes[0].port)
-        for node in self.nodes[1:]:
-            ask(node.host, node.port, lambda client: client.replicaof(*primary))
-        for index in range(self.sentinels):
-            watcher = SentinelProcess(self.base_dir / f"sentinel-{index}", primary,
-                                      self.down_after_ms, self.failover_timeout_ms,
-                                      binary=server_binary(self.binary),
-                                      **self._place(len(self.nodes) + index))
-            watcher.start()
-            self.watchers.append(watcher)
-        self._wait(self._ready, timeout, "the sentinels to see every replica and each other")
+        with prompt_first_sync(self.nodes):
+            primary = (self.nodes[0].host, self.nodes[0].port)
+            for node in self.nodes[1:]:
+                ask(node.host, node.port, lambda client: client.replicaof(*primary))
+            for index in range(self.sentinels):
+                watcher = SentinelProcess(self.base_dir / f"sentinel-{index}", primary,
+                                          self.down_after_ms, self.failover_timeout_ms,
+                                          binary=server_binary(self.binary),
+                                          **self._place(len(self.nodes) + index))
+                watcher.start()
+                self.watchers.append(watcher)
+            self._wait(self._ready, timeout, "the sentinels to see every replica and each other")
 
     def _ready(self) -> bool:
         for watcher in self.watchers:

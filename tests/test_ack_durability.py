@@ -27,8 +27,13 @@ from tests.slack_requests import BOT_TOKEN, SIGNING_SECRET
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[RedisProcess, RedisProcess]]:
-    """A primary and a replica in sync with it."""
-    primary, replica = RedisProcess(tmp_path / "primary"), RedisProcess(tmp_path / "replica")
+    """A primary and a replica in sync with it.
+
+    The primary sends its first full sync at once: by default (`repl-diskless-sync-delay 5`) it
+    waits 5 s for more replicas to share the transfer, a wait of every test here.
+    """
+    primary = RedisProcess(tmp_path / "primary", overrides={"repl-diskless-sync-delay": "0"})
+    replica = RedisProcess(tmp_path / "replica")
     try:
         primary.start()
         replica.start()
