@@ -168,6 +168,11 @@ class FakeSlack:
     def tokens_used(self, method: str) -> list[str | None]:
         return [self.token_of(call) for call in self.calls_to(method)]
 
+    def forget_calls(self) -> None:
+        """Start counting calls afresh (a stand-in shared by several tests)."""
+        with self._lock:
+            self.calls.clear()
+
     def calls_to(self, method: str) -> list[Call]:
         with self._lock:
             return [c for c in self.calls if c.method == method]

@@ -4,41 +4,43 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
 from harness.slack_standin import FakeSlack
-from slackq.embedded import RedisProcess, free_port
-from tests.processes import Proc, process_env, wait_http_ok
+from slackq.embedded import RedisProcess
+from tests.module_stack import ModuleStack, fresh, module_stack
 from tests.slack_requests import (
     BOT_TOKEN,
-    SIGNING_SECRET,
     app_mention_envelope,
     encode,
     signed_headers,
 )
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleStack]:
+    """The Procfile's `web` and `worker` against a real Redis and the Web API stand-in, started
+    once for the module: each test gets them emptied (tests/module_stack.py)."""
+    with module_stack(tmp_path_factory.mktemp("e2e")) as started:
+        yield started
+
+
 @pytest.fixture
-def stack(redis_server: RedisProcess, fake_slack: FakeSlack, tmp_path: Path) -> Iterator[str]:
-    """The Procfile's `web` and `worker` against a real Redis and the Web API stand-in."""
-    port = free_port()
-    env = process_env(
-        REDIS_URL=redis_server.url, SLACK_SIGNING_SECRET=SIGNING_SECRET,
-        SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_API_URL=fake_slack.base_url, PORT=str(port),
-    )
-    web = Proc("web", env, tmp_path)
-    worker = Proc("worker", env, tmp_path)
-    try:
-        wait_http_ok(f"http://127.0.0.1:{port}/health", proc=web)
-        worker.wait_for_output("worker_started")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        worker.stop()
-        web.stop()
+def redis_server(shared: ModuleStack) -> RedisProcess:
+    return fresh(shared).redis
+
+
+@pytest.fixture
+def fake_slack(redis_server: RedisProcess, shared: ModuleStack) -> FakeSlack:
+    return shared.slack
+
+
+@pytest.fixture
+def stack(redis_server: RedisProcess, shared: ModuleStack) -> str:
+    return shared.base
 
 
 def post_event(base: str, payload: dict, **extra_headers: str) -> httpx.Response:

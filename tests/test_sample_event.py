@@ -12,16 +12,32 @@ import redis
 
 from harness.slack_standin import FakeSlack
 from slackq.embedded import RedisProcess, free_port
+from tests.module_stack import ModuleStack, fresh, module_stack
 from tests.processes import process_env
-from tests.security_support import procfile_stack
 from tests.slack_requests import BOT_TOKEN, SIGNING_SECRET
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleStack]:
+    """The Procfile's `web` and `worker` against a real Redis and the Web API stand-in, started
+    once for the module: each test gets them emptied (tests/module_stack.py)."""
+    with module_stack(tmp_path_factory.mktemp("sample")) as started:
+        yield started
+
+
 @pytest.fixture
-def events_url(redis_server: RedisProcess, fake_slack: FakeSlack, tmp_path: Path) -> Iterator[str]:
-    """The Procfile's `web` and `worker` against a real Redis and the Web API stand-in."""
-    with procfile_stack(redis_server.url, fake_slack, tmp_path) as (base, _web, _worker):
-        yield f"{base}/slack/events"
+def redis_server(shared: ModuleStack) -> RedisProcess:
+    return fresh(shared).redis
+
+
+@pytest.fixture
+def fake_slack(redis_server: RedisProcess, shared: ModuleStack) -> FakeSlack:
+    return shared.slack
+
+
+@pytest.fixture
+def events_url(redis_server: RedisProcess, shared: ModuleStack) -> str:
+    return f"{shared.base}/slack/events"
 
 
 SLACKQ = str(Path(sys.executable).parent / "slackq")

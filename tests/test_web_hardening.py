@@ -21,7 +21,7 @@ import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -49,14 +49,37 @@ def start_web(redis_url: str, log_dir: Path, **env: str) -> tuple[int, Proc]:
     return port, web
 
 
-@pytest.fixture
-def web(redis_server: RedisProcess, tmp_path: Path) -> Iterator[int]:
-    port, proc = start_web(redis_server.url, tmp_path, WEB_BODY_TIMEOUT_SECONDS="1",
+@contextmanager
+def short_timeouts_web(redis_url: str, log_dir: Path) -> Iterator[int]:
+    """A web process whose body and header deadlines are 1 s; yields its port."""
+    port, proc = start_web(redis_url, log_dir, WEB_BODY_TIMEOUT_SECONDS="1",
                            WEB_HEADER_TIMEOUT_SECONDS="1")
     try:
         yield port
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def web(module_redis: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """One web process (and its Redis) for the module's tests that only talk to it; each closes
+    its connections. The test that stops Redis has its own (`lone_web`)."""
+    with short_timeouts_web(module_redis.url, tmp_path_factory.mktemp("web")) as port:
+        yield port
+
+
+@pytest.fixture
+def redis_client(module_redis: RedisProcess) -> Iterator[redis.Redis]:
+    """A client of the shared web's Redis, emptied first (what a web of its own would find)."""
+    with redis.Redis.from_url(module_redis.url, decode_responses=True) as client:
+        client.flushall()
+        yield client
+
+
+@pytest.fixture
+def lone_web(redis_server: RedisProcess, tmp_path: Path) -> Iterator[int]:
+    with short_timeouts_web(redis_server.url, tmp_path) as port:
+        yield port
 
 
 def connect(port: int) -> socket.socket:
@@ -120,8 +143,8 @@ def test_health_and_metrics_open_no_connection_per_request(
         within=DEADLINE, what="/metrics shows the new waiting job")
 
 
-def test_readiness_follows_redis_going_away(web: int, redis_server: RedisProcess) -> None:
-    url = f"http://127.0.0.1:{web}/health/redis"
+def test_readiness_follows_redis_going_away(lone_web: int, redis_server: RedisProcess) -> None:
+    url = f"http://127.0.0.1:{lone_web}/health/redis"
     assert httpx.get(url, timeout=DEADLINE).json()["healthy"] is True
     redis_server.kill()
     wait_until_sync(lambda: httpx.get(url, timeout=DEADLINE).status_code == 503,
