@@ -250,14 +250,16 @@ async def test_a_stop_while_a_slot_backs_off_ends_the_supervisor_at_once(tmp_pat
 def test_a_job_longer_than_30s_completes_within_a_60s_grace(
     redis_server: RedisProcess, fake_slack: FakeSlack, tmp_path: Path
 ) -> None:
-    """WORKER_GRACE_SECONDS=60 and a 45 s job: SIGTERM lets it finish; nothing is SIGKILLed.
+    """WORKER_GRACE_SECONDS=60 and a 36 s job: SIGTERM lets it finish; nothing is SIGKILLed.
 
     A supervisor that gave its children a fixed 30 s would SIGKILL this one mid-job: the test
     checks that the job was running when SIGTERM came and ran on for more than 30 s after it.
+    SIGTERM follows the job's start by well under a second (the time to see its log line), so a
+    36 s job leaves a margin of seconds above those 30.
     """
     settings = Settings(redis_url=redis_server.url)
     env = worker_env(redis_server.url, fake_slack.base_url)
-    env.update(WORKER_GRACE_SECONDS="60", TEST_HOLD_SECONDS="45")
+    env.update(WORKER_GRACE_SECONDS="60", TEST_HOLD_SECONDS="36")
     dyno = WorkerProc("dyno", env, tmp_path)  # tests.worker_app: the supervisor of 2 children
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     try:
