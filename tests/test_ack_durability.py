@@ -27,26 +27,40 @@ from tests.slack_requests import BOT_TOKEN, SIGNING_SECRET
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[RedisProcess, RedisProcess]]:
-    """A primary and a replica in sync with it.
+    """A primary and a replica in sync with it: the replica has acknowledged the stream.
 
     The primary sends its first full sync at once: by default (`repl-diskless-sync-delay 5`) it
-    waits 5 s for more replicas to share the transfer, a wait of every test here.
+    waits 5 s for more replicas to share the transfer, a wait of every test here. A sync that
+    quick leaves a moment in which the link is up but the primary holds back the stream until
+    the replica's first periodic ACK (up to 1 s): a WAIT then timed out in 1 of 4 tries. So the
+    pair is ready once the replica acknowledged a PUBLISH (replicated, no key).
     """
     primary = RedisProcess(tmp_path / "primary", overrides={"repl-diskless-sync-delay": "0"})
     replica = RedisProcess(tmp_path / "replica")
     try:
         primary.start()
         replica.start()
-        with redis.Redis(port=replica.port, decode_responses=True) as client:
+        with redis.Redis(port=replica.port, decode_responses=True) as client, \
+                redis.Redis(port=primary.port, decode_responses=True) as admin:
             client.replicaof("127.0.0.1", primary.port)
             deadline = time.monotonic() + 20
             while client.info("replication").get("master_link_status") != "up":
                 assert time.monotonic() < deadline, "the replica never synced"
                 time.sleep(0.05)
+            admin.publish("slackq-test:replication-probe", "")
+            while not acknowledged_everything(admin):
+                assert time.monotonic() < deadline, "the replica never acknowledged the stream"
+                time.sleep(0.05)
         yield primary, replica
     finally:
         replica.kill()
         primary.kill()
+
+
+def acknowledged_everything(primary: redis.Redis) -> bool:
+    info = primary.info("replication")
+    replica = info.get("slave0")
+    return isinstance(replica, dict) and replica.get("offset") == info["master_repl_offset"] > 0
 
 
 def job(index: int) -> SlackJob:
