@@ -51,6 +51,8 @@ from bullmq.scripts import raw2NextJobData
 from redis.asyncio.retry import Retry
 from redis.exceptions import NoScriptError
 
+from slackq.pool import LeanRedis
+
 PORT_VERSION = "3.4.4"  # pyproject.toml pins the same; the seam test compares all three
 
 # addStandardJob-9.lua's KEYS, in the order of the port's `Scripts.addStandardJob`.
@@ -268,12 +270,17 @@ def complete_with(worker: Worker, hooks: CompletionHooks) -> None:
 
 async def _send(client: aioredis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
     """The replies to `commands`, sent in one transaction if there are several; a command
-    Redis refused while running the transaction has its error as its reply."""
+    Redis refused while running the transaction has its error as its reply.
+
+    On a pooled worker connection (`LeanRedis`) the transaction is written straight on one of
+    its connections (`LeanRedis.multi_exec`), not through redis-py's `Pipeline`."""
     if len(commands) == 1:
         try:
             return [await client.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
         except NoScriptError as exc:
             return [exc]
+    if isinstance(client, LeanRedis):
+        return await client.multi_exec(commands)
     async with client.pipeline(transaction=True) as pipe:
         for command in commands:
             pipe.execute_command(*command)

@@ -34,34 +34,95 @@ release they were written for; tests/test_redis_pool.py checks each and names wh
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import inspect
+from collections.abc import Sequence
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.connection import HiredisRespSerializer
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ExecAbortError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.utils import HIREDIS_AVAILABLE
 
+if HIREDIS_AVAILABLE:
+    import hiredis
+
 REDIS_PY_RANGE = ">=8.1,<8.2"  # the releases it was written for; pyproject.toml pins the same
 
-_HIREDIS_PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+_LEAN_CLASSES: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+_SERIALIZER = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
 
 
-def hiredis_packing(connection_class: type[AbstractConnection]) -> type[AbstractConnection]:
-    """`connection_class` with commands packed by hiredis (when it is installed)."""
-    if not HIREDIS_AVAILABLE:
-        return connection_class
-    if connection_class not in _HIREDIS_PACKING:
-        packer = HiredisRespSerializer()
+def _pack_command(_self: AbstractConnection, *args: Any) -> list[bytes]:
+    """The command's bytes from hiredis' C packer; redis-py's `HiredisRespSerializer` makes the
+    same bytes but first copies every argument through a Python generator (~4 us for a BullMQ
+    script's ~26 arguments), which only a command name with a space or a `bytearray` need."""
+    name = args[0]
+    if type(name) is str and " " not in name:
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            pass  # a bytearray (converted below), or what redis-py refuses with DataError
+    assert _SERIALIZER is not None
+    return _SERIALIZER.pack(*args)  # type: ignore[no-any-return]
 
-        def pack_command(_self: AbstractConnection, *args: Any) -> list[bytes]:
-            return packer.pack(*args)  # type: ignore[no-any-return]
 
-        # `pack_commands` (pipelines) calls `pack_command` for each command.
-        _HIREDIS_PACKING[connection_class] = type(
-            f"Hiredis{connection_class.__name__}", (connection_class,),
-            {"pack_command": pack_command, "__module__": __name__})
-    return _HIREDIS_PACKING[connection_class]
+def lean_connection_class(
+        connection_class: type[AbstractConnection]) -> type[AbstractConnection]:
+    """`connection_class` with commands packed by hiredis (when installed) and written without
+    redis-py's per-command `asyncio.wait_for`.
+
+    redis-py writes every command inside `asyncio.wait_for(..., socket_timeout)`, which on
+    Python 3.11 wraps the write in a new Task: one Task and one extra event-loop pass per command
+    (at 500 jobs/s ~10 % of a worker process's CPU, bench/README.md, issue 18 fourth pass). The
+    write itself never waits unless the socket's buffer is over its high-water mark, so the
+    timeout is applied only then; errors are mapped as redis-py maps them.
+    """
+    if connection_class not in _LEAN_CLASSES:
+        base_send = connection_class.send_packed_command
+        namespace: dict[str, Any] = {"__module__": __name__}
+        if HIREDIS_AVAILABLE:  # `pack_commands` (pipelines) calls `pack_command` for each
+            namespace["pack_command"] = _pack_command
+
+        async def send_packed_command(self: AbstractConnection, command: Any,
+                                      check_health: bool = True) -> None:
+            writer = self._writer
+            if (writer is None or not isinstance(command, list) or not self.is_connected
+                    or (check_health and self.health_check_interval)):
+                await base_send(self, command, check_health)  # connects, checks health
+                return
+            try:
+                writer.writelines(command)
+                transport = writer.transport
+                if (self.socket_timeout and transport.get_write_buffer_size()
+                        > transport.get_write_buffer_limits()[1]):
+                    await asyncio.wait_for(writer.drain(), self.socket_timeout)
+                else:
+                    await writer.drain()  # does not wait; raises if the connection was lost
+            except BaseException as exc:
+                await self.disconnect(nowait=True)
+                error = _write_error(exc)
+                if error is exc:
+                    raise
+                raise error from (exc if isinstance(error, RedisConnectionError) else None)
+
+        namespace["send_packed_command"] = send_packed_command
+        _LEAN_CLASSES[connection_class] = type(
+            f"Lean{connection_class.__name__}", (connection_class,), namespace)
+    return _LEAN_CLASSES[connection_class]
+
+
+def _write_error(exc: BaseException) -> BaseException:
+    """What redis-py's `send_packed_command` raises for `exc` (its connection closed)."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return RedisTimeoutError("Timeout writing to socket")
+    if isinstance(exc, OSError):
+        number, message = ("UNKNOWN", exc.args[0]) if len(exc.args) == 1 else exc.args[:2]
+        return RedisConnectionError(f"Error {number} while writing to socket. {message}.")
+    return exc
 
 
 class LeanConnectionPool(aioredis.ConnectionPool):
@@ -69,7 +130,7 @@ class LeanConnectionPool(aioredis.ConnectionPool):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.connection_class = hiredis_packing(self.connection_class)
+        self.connection_class = lean_connection_class(self.connection_class)
         # Not bound to an event loop until a caller has to wait (Python >= 3.10).
         self._slots = asyncio.Semaphore(self.max_connections)
         self._lent: set[AbstractConnection] = set()  # each holds one slot until released
@@ -108,7 +169,95 @@ class LeanConnectionPool(aioredis.ConnectionPool):
             self._slots.release()
 
 
-def lean_client(url: str, max_connections: int, **options: Any) -> aioredis.Redis:
+class LeanRedis(aioredis.Redis):
+    """A client over a `LeanConnectionPool` whose commands skip redis-py's per-command layers.
+
+    Around each command redis-py 8's `execute_command` calls `initialize()`, starts an
+    observability timer, builds a failure closure, awaits two recorders (no-ops unless
+    OpenTelemetry is configured), checks for `HIMPORT SET`, and reads the reply through
+    `parse_response`'s option handling: together with the write's `wait_for` (see
+    `lean_connection_class`) ~20 % of a worker process's CPU per job at 500 jobs/s. Here a
+    command takes a connection from the pool, writes, reads and applies redis-py's response
+    callback, inside the connection's own `Retry` (the same failures retried, the same backoff,
+    the connection closed between tries), as redis-py does. Commands with options other than
+    `keys` (which only client-side caching reads), `HIMPORT`, and single-connection use go
+    through redis-py's own path.
+    """
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        pool = self.connection_pool
+        name = args[0]
+        if (self.single_connection_client or not isinstance(pool, LeanConnectionPool)
+                or (options and (len(options) > 1 or "keys" not in options))
+                or type(name) is not str or name[:7].upper() == "HIMPORT"):
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        connection = await pool.get_connection()
+        try:
+            return await connection.retry.call_with_retry(
+                lambda: self._call(connection, args),
+                lambda error, failures: connection.disconnect(error=error,
+                                                              failure_count=failures),
+                with_failure_count=True)
+        finally:
+            await pool.release(connection)
+
+    async def _call(self, connection: AbstractConnection, args: tuple[Any, ...]) -> Any:
+        await connection.send_packed_command(connection.pack_command(*args))
+        return await self._parsed(args[0], await connection.read_response())
+
+    async def _parsed(self, name: Any, reply: Any) -> Any:
+        """`reply` through redis-py's response callback for command `name`, if it has one."""
+        callback = self.response_callbacks.get(name)
+        if callback is None:
+            return reply
+        parsed = callback(reply)
+        return await parsed if inspect.isawaitable(parsed) else parsed
+
+    async def multi_exec(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """`MULTI`, `commands`, `EXEC` in one write on one pooled connection, retried as a
+        command is: each command's reply, or the error Redis answered it with while running
+        the transaction (a `NOSCRIPT`, say). A command Redis refused while queueing discards the
+        transaction: its error is raised, as redis-py's `Pipeline.execute` raises it. What
+        `pipeline(transaction=True)` does for these commands, without the pipeline's object,
+        command stack and per-command layers."""
+        pool = self.connection_pool
+        if not isinstance(pool, LeanConnectionPool):
+            async with self.pipeline(transaction=True) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                return list(await pipe.execute(raise_on_error=False))
+        connection = await pool.get_connection()
+        try:
+            return await connection.retry.call_with_retry(
+                lambda: self._transaction(connection, commands),
+                lambda error, failures: connection.disconnect(error=error,
+                                                              failure_count=failures),
+                with_failure_count=True)
+        finally:
+            await pool.release(connection)
+
+    async def _transaction(self, connection: AbstractConnection,
+                           commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        await connection.send_packed_command(
+            connection.pack_commands([("MULTI",), *commands, ("EXEC",)]))
+        refused: ResponseError | None = None
+        for _ in range(len(commands) + 1):  # MULTI's OK, then QUEUED or an error per command
+            try:
+                await connection.read_response()
+            except ResponseError as error:  # read whole: the next replies stay in order
+                refused = refused or error
+        try:
+            replies = await connection.read_response()
+        except ExecAbortError as error:
+            raise (refused or error) from error
+        if not isinstance(replies, list) or len(replies) != len(commands):
+            await connection.disconnect()
+            raise ResponseError("Wrong number of response items from transaction")
+        return [reply if isinstance(reply, Exception) else await self._parsed(command[0], reply)
+                for reply, command in zip(replies, commands, strict=True)]
+
+
+def lean_client(url: str, max_connections: int, **options: Any) -> LeanRedis:
     """A client over a `LeanConnectionPool` for `url` (redis://, rediss:// or unix://).
 
     The URL picks the connection class (TCP, TLS, unix socket) as `Redis.from_url` does;
@@ -120,4 +269,4 @@ def lean_client(url: str, max_connections: int, **options: Any) -> aioredis.Redi
     options.setdefault("maint_notifications_config", MaintNotificationsConfig(enabled=False))
     kwargs = {**parse_url(url), **options, "max_connections": max_connections}
     pool = LeanConnectionPool(**kwargs)
-    return aioredis.Redis.from_pool(pool)
+    return cast(LeanRedis, LeanRedis.from_pool(pool))  # from_pool is typed as returning Redis
