@@ -64,6 +64,16 @@ def record_redis_error(where: str, kind: str) -> None:
     REDIS_ERRORS.labels(where, kind).inc()
 
 
+def record_slack_call(method: str, outcome: str) -> None:
+    """A Web API call's outcome (`slack_outcome`'s labels)."""
+    labelled(SLACK_CALLS, method, outcome).inc()
+
+
+def error_label(code: Any) -> str:
+    """Slack's error code as a label, or `other_error` for anything not shaped like one."""
+    return code if isinstance(code, str) and _ERROR_CODE.match(code) else "other_error"
+
+
 def slack_outcome(exc: BaseException | None) -> str:
     """`ok`, Slack's error code (`channel_not_found`), `ratelimited`, `http_5xx` or
     `transport_error`: a bounded label set, whatever the answer."""
@@ -77,13 +87,12 @@ def slack_outcome(exc: BaseException | None) -> str:
     if isinstance(status, int) and status >= 500:
         return "http_5xx"
     data = getattr(exc.response, "data", None)
-    code = data.get("error") if isinstance(data, dict) else None
-    return code if isinstance(code, str) and _ERROR_CODE.match(code) else "other_error"
+    return error_label(data.get("error") if isinstance(data, dict) else None)
 
 
 class InstrumentedWebClient(AsyncWebClient):
-    """slack-sdk's client, counting every Web API call's outcome (all methods go through
-    `api_call`)."""
+    """slack-sdk's client, counting the outcome of every Web API call made through it (all its
+    methods go through `api_call`); `worker.slack.call_slack` counts its own calls."""
 
     async def api_call(self, api_method: str, **kwargs: Any) -> AsyncSlackResponse:
         try:
