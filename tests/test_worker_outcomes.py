@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import structlog
 from bullmq import Job, Queue
 from structlog.testing import capture_logs
 
@@ -155,6 +156,31 @@ async def test_transient_errors_retry_with_jittered_backoff_then_stay_failed(
                       opts={"attempts": 3, "backoff": {"type": "fixed", "delay": 50}})
     await state_is(aclient, settings, "Ev0FLAKY002", "completed", within=15)
     assert (await aclient.hgetall(job_key(settings, "Ev0FLAKY002")))["atm"] == "3"
+
+
+async def test_a_mention_logs_one_info_line_with_the_reply_on_it(
+    start: StartWorker, queue: Queue, aclient: aioredis.Redis, settings: Settings,
+    fake_slack: FakeSlack,
+) -> None:
+    """The default handler's job writes one line at info, `job_completed`, with what an
+    operator needs about the reply (channel, thread, whether a re-run found it posted); the
+    handler's own `slack_reply_posted` is a debug line. The next job in the same task (fetched
+    by the first one's completion) carries none of the first one's fields."""
+    await add_mention(queue, "Ev0LINE0001", channel="C0LINE1", thread_ts="1700000000.000001")
+    await queue.add("no_such_event", {"event_id": "Ev0LINE0002"}, {"jobId": "Ev0LINE0002"})
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        await start(concurrency=1)  # both jobs in one task: the second comes with the first
+        await state_is(aclient, settings, "Ev0LINE0002", "completed")
+    first = [e for e in logs if e.get("job_id") == "Ev0LINE0001"]
+    assert [e["event"] for e in first if e["log_level"] != "debug"] == ["job_completed"]
+    assert [e["event"] for e in first if e["log_level"] == "debug"] == ["slack_reply_posted"]
+    reply = {"channel": "C0LINE1", "thread_ts": "1700000000.000001", "skipped": False}
+    assert {key: first[-1][key] for key in reply} == reply
+    assert first[-1]["event_id"] == "Ev0LINE0001" and first[-1]["attempt"] == 1
+    second = [e for e in logs if e.get("job_id") == "Ev0LINE0002"]
+    assert [e["event"] for e in second] == ["job_ignored", "job_completed"]
+    assert not any(key in line for line in second for key in reply)
+    assert len(fake_slack.calls_to("chat.postMessage")) == 1
 
 
 async def test_unreachable_slack_is_a_transient_error(

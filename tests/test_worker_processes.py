@@ -79,11 +79,14 @@ def test_sigterm_lets_the_in_flight_job_finish_and_exits_0(
     assert len(fake_slack.calls_to("chat.postMessage")) == 1
     assert 1.0 < shutdown < 25  # waited for the job, well within the grace period
     assert not worker.events("worker_force_closing")
-    worker.wait_for_event("job_completed", job_id="Ev0TERM0001")
-    # Every line about the job carries its job id, event id, team id and attempt.
+    completed = worker.wait_for_event("job_completed", job_id="Ev0TERM0001")
+    # Every line about the job carries its job id, event id, team id and attempt; the reply's
+    # channel and thread are on the completion line (the handler's own line is at debug).
     about_job = [e for e in worker.events() if e.get("job_id") == "Ev0TERM0001"]
     assert {e["event"] for e in about_job} >= {
-        "test_hold_started", "slack_reply_posted", "test_hold_finished", "job_completed"}
+        "test_hold_started", "test_hold_finished", "job_completed"}
+    assert "slack_reply_posted" not in {e["event"] for e in about_job}
+    assert (completed["channel"], completed["skipped"]) == ("C0PROC000", False)
     for line in about_job:
         assert (line["event_id"], line["team_id"], line["attempt"]) == (
             "Ev0TERM0001", "T0TEAM001", 1), line

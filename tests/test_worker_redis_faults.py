@@ -148,7 +148,7 @@ def test_redis_refusing_writes_for_10s_doubles_no_post_and_logs_a_bounded_number
     free(client)
     wait_all_completed(server, 60)
     errors = redis_errors(port)
-    # Beyond each job's own `slack_reply_posted` (info): warnings and errors only.
+    # Beyond each job's own `job_completed` (info): warnings and errors only.
     alarms = [line for line in during if '"level": "warning"' in line
               or '"level": "error"' in line or not line.startswith("{")]
     print(f"10 s of refused writes, concurrency {JOBS}: {len(alarms)} warning/error lines "

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from slack_sdk.web.async_client import AsyncWebClient
 from structlog.typing import FilteringBoundLogger
 
@@ -17,6 +18,14 @@ from worker.slack import call_slack, refused
 
 if TYPE_CHECKING:
     from worker.tokens import WorkspaceTokens
+
+# Longest Slack-provided value (a channel id, a message ts) a log field carries.
+LOG_VALUE_CHARS = 64
+
+
+def bounded(value: Any, limit: int = LOG_VALUE_CHARS) -> Any:
+    """`value` cut to `limit` characters if it is a string (Slack's data is not ours to trust)."""
+    return value[:limit] if isinstance(value, str) else value
 
 # Slack's answers that a token is no longer good: the cached one is dropped at once.
 DEAD_TOKEN_ERRORS = frozenset({"invalid_auth", "token_revoked", "token_expired",
@@ -115,6 +124,13 @@ class JobContext:
     envelope: Envelope | None = field(default=None)
     # Multi-workspace mode: the installation store (the uninstall handlers change it).
     workspaces: WorkspaceTokens | None = field(default=None)
+
+    def annotate(self, **fields: Any) -> None:
+        """Put `fields` on this job's remaining log lines, its outcome line (`job_completed`,
+        or a failure's) included: what an operator needs to know about what the job did,
+        without a line of its own per job. The Dispatcher drops them when the next job starts.
+        Bound Slack-provided values (`bounded`): they land in every line."""
+        structlog.contextvars.bind_contextvars(**fields)
 
     @property
     def event(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from worker.context import bounded
 from worker.registry import HandlerRegistry, JobContext
 
 
@@ -16,8 +17,12 @@ async def reply_to_mention(ctx: JobContext) -> dict[str, Any]:
     response = await ctx.slack.call(
         "chat.postMessage", effect="reply", channel=event["channel"], thread_ts=thread_ts, text=text
     )
-    ctx.log.info("slack_reply_posted", channel=event["channel"], thread_ts=thread_ts,
-                 skipped=bool(response.get("skipped")))
+    # One line per job: the reply's channel, thread and whether a re-run found it posted
+    # already go on `job_completed`; the handler's own line is for debugging.
+    replied = {"channel": bounded(event["channel"]), "thread_ts": bounded(thread_ts),
+               "skipped": bool(response.get("skipped"))}
+    ctx.annotate(**replied)
+    ctx.log.debug("slack_reply_posted", **replied)
     return {"channel": response.get("channel"), "ts": response.get("ts")}
 
 

@@ -124,7 +124,10 @@ class Dispatcher:
         data = job.data if isinstance(job.data, dict) else {"payload": job.data}
         fields = {"job_id": job.id, "job_name": job.name, "event_id": data.get("event_id"),
                   "team_id": data.get("team_id"), "attempt": job.attemptsMade + 1}
-        # Also bound for the rest of this job's task, so the worker's event listeners log them.
+        # Also bound for the rest of this job's task, so the worker's event listeners log them;
+        # cleared first: the task may have run the previous job (and its handler's
+        # `ctx.annotate` fields).
+        structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(**fields)
         bound = log.bind(**fields)
         handler = self.registry.get(job.name)
