@@ -8,9 +8,12 @@ among them), `run`, `close`, `on`; `Job(...)`, its fields such as `id`, `name`, 
 `stacktrace`, `finishedOn`, and `moveToDelayed`, `retry`; `DelayedError`,
 `UnrecoverableError`). What is not public is here:
 
-* `FetchNextWorker`: a Worker subclass overriding `getNextJob` and `processJob`, replacing its
-  backend's `moveToCompleted` on the instance, calling `nextJobFromJobData` and `emit`, reading
-  `closing` and `paused`.
+* `FetchNextWorker`: a Worker subclass overriding `run`, `getNextJob` and `processJob`, replacing
+  its backend's `moveToCompleted` on the instance, calling `nextJobFromJobData`, `emit`,
+  `retryIfFailed`, `_ensure_client_names`, `lockManager.start`, `runStalledJobsCheck` with the
+  port's `Timer`, reading `closing`, `paused`, `closed`, `running`, `waiting`, `resume_event`
+  and `id`, and setting `processing` (the tasks `pause()`, `close()` and `cancelProcessing()`
+  wait for or cancel) and `stalledCheckTimer`, as the port's `Worker.run` does.
 * `set_worker_retry`: the retry of the clients a Worker builds itself (`redisConnection.conn`,
   `blockingRedisConnection.conn`). Clients slackq builds get theirs from `slackq.connection`.
 * `renew_locks_until_jobs_end`: the close of a Worker's `lockManager`, replaced on the instance
@@ -37,6 +40,8 @@ use of the port's internals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import importlib
 import traceback
 import warnings
@@ -48,6 +53,7 @@ import redis.asyncio as aioredis
 import structlog
 from bullmq import Job, Queue, Worker
 from bullmq.scripts import raw2NextJobData
+from bullmq.timer import Timer
 from redis.asyncio.retry import Retry
 from redis.exceptions import NoScriptError
 
@@ -77,7 +83,7 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq ships no type inf
     """A port `Worker` that fetches as Node's Worker does: the next job with each completion,
     and one fetch at a time.
 
-    The port (3.4.4) is ~8x slower than Node BullMQ at draining a queue; two of the reasons:
+    The port (3.4.4) is ~8x slower than Node BullMQ at draining a queue; three of the reasons:
 
     1. After a job completes it calls `moveToFinished` with `fetchNext=0` and then a separate
        `moveToActive` for the next job: two script round trips per job where Node makes one.
@@ -89,10 +95,14 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq ships no type inf
        calls `moveToActive` until one of them finds the queue empty: at a steady trickle of jobs
        that is up to `concurrency` script calls per job, nearly all empty. This class fetches
        in turn, as Node's main loop does (it awaits each fetch before starting the next).
+    3. Its run loop makes a task for every fetch and every job, and waits on all of them
+       (`asyncio.wait` over up to `concurrency` tasks) each time one ends. This class runs
+       `concurrency` long-lived slots instead, each fetching (in turn) and processing: at 500
+       jobs/s ~15 % less CPU per job (bench/README.md, issue 18 fourth pass).
 
-    (The third, a pooled connection instead of the port's single one, is `worker/pool.py`.)
-    Upstream-worthy: both belong in the port itself (fetch-next in `Worker.processJob`, fetches
-    in turn in `Worker.run`).
+    (The fourth, a pooled connection instead of the port's single one, is `worker/pool.py`.)
+    Upstream-worthy: all three belong in the port itself (fetch-next in `Worker.processJob`,
+    fetches in turn and slots in `Worker.run`).
     """
 
     # Awaited before each fetch: slackq's backoff while Redis fails (worker/outage.py).
@@ -100,12 +110,14 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq ships no type inf
     # Taken before a fetch waits for new jobs, kept while another fetch of this process is
     # queued (free slots), given up when none is (all slots busy): worker/fetch_turn.py.
     fetch_turn: FetchTurnLike | None = None
+    running: bool  # set by the port's __init__
 
     def __init__(self, name: str, processor: Any, opts: dict[str, Any]) -> None:
         super().__init__(name, processor, opts)
         self._fetched: dict[str, Any] = {}
         self._fetching = asyncio.Lock()
         self._running = 0  # processJob calls in progress: the slots that are busy
+        self._token_postfix = 0
         move_to_completed = self.backend.moveToCompleted
 
         async def move_to_completed_fetching_next(
@@ -121,6 +133,59 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq ships no type inf
 
         # The port calls `backend.moveToCompleted(..., fetch_next=False)` from processJob.
         self.backend.moveToCompleted = move_to_completed_fetching_next
+
+    async def run(self) -> None:
+        """The port's `Worker.run` with `concurrency` slots (`_slot`) in `processing`.
+
+        As the port's: the client names, the lock manager and the stalled-jobs check start
+        first; a pause waits for `resume_event`; the loop ends once closing, and on the way out
+        stops the check and closes the lock manager. The slots end when the worker pauses
+        (`pause()` waits for `processing` to end, as it waits for the port's tasks) or closes
+        (after their jobs; a forced close cancels them, as it cancels the port's tasks).
+        """
+        if self.running:
+            raise RuntimeError("Worker is already running")
+        await self._ensure_client_names()
+        self.lockManager.start()
+        self.stalledCheckTimer = Timer(self.opts.get("stalledInterval") / 1000,
+                                       self.runStalledJobsCheck, self.emit)
+        self.running = True
+        try:
+            while not (self.closed or self.closing):
+                if self.paused:
+                    await self.resume_event.wait()
+                    continue
+                self.processing = {asyncio.ensure_future(self._slot())
+                                   for _ in range(self.opts.get("concurrency"))}
+                await asyncio.wait(self.processing)
+        finally:
+            self.running = False
+            if not self.closing:  # run() itself was cancelled: so are its slots
+                for task in self.processing:
+                    task.cancel()
+                if self.waiting and not self.waiting.done():
+                    self.waiting.cancel()
+                await asyncio.gather(*self.processing, return_exceptions=True)
+                self.processing.clear()
+            if self.stalledCheckTimer is not None:
+                with contextlib.suppress(Exception):
+                    self.stalledCheckTimer.stop()
+            await self.lockManager.close()
+
+    async def _slot(self) -> None:
+        """Fetch a job (in turn with the other slots), process it, until paused or closing.
+
+        A failed fetch is the port's `retryIfFailed` business (connection errors retried after
+        `runRetryDelay`, others emitted as `error`, after a short pause), as in the port's loop.
+        """
+        while not (self.closing or self.paused or self.closed):
+            self._token_postfix += 1
+            token = f"{self.id}:{self._token_postfix}"
+            job = await self.retryIfFailed(functools.partial(self.getNextJob, token),
+                                           {"delay_in_ms": self.opts.get("runRetryDelay"),
+                                            "only_emit_error": True})
+            if job is not None:
+                await self.processJob(job, token)
 
     async def getNextJob(self, token: str) -> Job | None:
         """Fetch jobs one at a time, as Node's main loop does: one task waits, the rest queue.

@@ -62,6 +62,14 @@ SIGNATURES: list[tuple[str, str, list[str]]] = [
      ["self", "job", "return_value", "remove_on_complete", "token", "fetch_next"]),
     ("FetchNextWorker", "bullmq.event_emitter:EventEmitter.emit",
      ["self", "event_name", "args", "kwargs"]),
+    # FetchNextWorker.run: what the port's run() does before and around its loop.
+    ("FetchNextWorker", "bullmq.worker:Worker.run", ["self"]),
+    ("FetchNextWorker", "bullmq.worker:Worker.retryIfFailed", ["self", "fn", "opts"]),
+    ("FetchNextWorker", "bullmq.worker:Worker._ensure_client_names", ["self"]),
+    ("FetchNextWorker", "bullmq.worker:Worker.runStalledJobsCheck", ["self"]),
+    ("FetchNextWorker", "bullmq.timer:Timer.__init__",
+     ["self", "interval", "callback", "emit_callback", "args", "kwargs"]),
+    ("FetchNextWorker", "bullmq.lock_manager:LockManager.start", ["self"]),
     ("load_server_capabilities", "bullmq.redis_connection:RedisConnection.getRedisVersion",
      ["self"]),
     ("standard_add_calls", "bullmq.scripts:Scripts.getKeys", ["self", "keys"]),
@@ -83,6 +91,22 @@ SOURCE_FACTS: list[tuple[str, str, str]] = [
      "job_data, id, limit_until, delay_until = result"),
     ("FetchNextWorker", "bullmq.backends.redis_backend:RedisBackend.moveToCompleted",
      'return {"result": result, "finishedOn": args[1]}'),
+    # FetchNextWorker.run does what the port's run() does around its loop...
+    ("FetchNextWorker", "bullmq.worker:Worker.run", "await self._ensure_client_names()"),
+    ("FetchNextWorker", "bullmq.worker:Worker.run", "self.lockManager.start()"),
+    ("FetchNextWorker", "bullmq.worker:Worker.run",
+     'self.stalledCheckTimer = Timer(self.opts.get( "stalledInterval") / 1000, '
+     "self.runStalledJobsCheck, self.emit)"),
+    ("FetchNextWorker", "bullmq.worker:Worker.run", "await self.resume_event.wait()"),
+    ("FetchNextWorker", "bullmq.worker:Worker.run", '"only_emit_error": True'),
+    # ...and its slots are the tasks pause() and close() wait for and a forced close cancels.
+    ("FetchNextWorker", "bullmq.worker:Worker.pause",
+     "asyncio.wait(self.processing, return_when=asyncio.ALL_COMPLETED)"),
+    ("FetchNextWorker", "bullmq.worker:Worker.close",
+     "await asyncio.wait(self.processing, return_when=asyncio.ALL_COMPLETED)"),
+    ("FetchNextWorker", "bullmq.worker:Worker.close", "self.cancelProcessing()"),
+    ("FetchNextWorker", "bullmq.worker:Worker.cancelProcessing", "for job in self.processing:"),
+    ("FetchNextWorker", "bullmq.worker:Worker.resume", "self.resume_event.set()"),
     ("in_flight_jobs", "bullmq.worker:Worker.processJob", "self.jobs.add((job, token))"),
     ("load_server_capabilities", "bullmq.redis_connection:RedisConnection.getRedisVersion",
      "IMPORTANT! Eviction policy"),
@@ -172,7 +196,8 @@ async def test_a_worker_has_the_attributes_the_seam_uses(worker: Worker) -> None
     """FetchNextWorker, set_worker_retry, load_server_capabilities, in_flight_jobs,
     renew_locks_until_jobs_end."""
     for name in ("backend", "closing", "paused", "jobs", "redisConnection",
-                 "blockingRedisConnection", "lockManager", "processing", "forceClosing"):
+                 "blockingRedisConnection", "lockManager", "processing", "forceClosing",
+                 "closed", "running", "waiting", "resume_event", "id"):
         assert hasattr(worker, name), (
             f"{SEAM_NAME} would break: a port Worker has no `{name}` "
             "(FetchNextWorker, set_worker_retry, load_server_capabilities, in_flight_jobs, "

@@ -292,3 +292,79 @@ async def test_a_worker_over_a_unix_socket_processes_jobs(connections: int) -> N
     finally:
         server.kill()
         shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("worker_class", [Worker, FetchNextWorker])
+async def test_a_drain_runs_in_long_lived_slots_not_a_task_per_job(
+    redis_server: RedisProcess, worker_class: type[Worker]
+) -> None:
+    """FetchNextWorker runs `concurrency` slots for the whole drain; the port's run loop makes
+    tasks per fetch and per job (the control, so the bound can fail). On the lean pool, whose
+    commands start no task of their own."""
+    await fill(redis_server.url, f"slots-{worker_class.__name__}", JOBS)
+    loop = asyncio.get_running_loop()
+    created: list[str] = []
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        created.append(getattr(coro, "__qualname__", ""))
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    worker = worker_class(f"slots-{worker_class.__name__}", lambda _job, _token: _noop(), {
+        "connection": pooled_connection(redis_server.url, 5), "concurrency": 4,
+        "autorun": False})
+    completed: set[str] = set()
+    worker.on("completed", lambda job, _result: completed.add(str(job.id)))
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    loop.set_task_factory(counting)
+    try:
+        await drain(worker, client, f"slots-{worker_class.__name__}", completed, JOBS)
+    finally:
+        loop.set_task_factory(None)
+        await client.aclose()
+    assert len(completed) == JOBS
+    if worker_class is FetchNextWorker:
+        assert len(created) < JOBS / 4, created
+    else:
+        assert len(created) > JOBS, len(created)
+
+
+async def _noop() -> None:
+    return None
+
+
+@pytest.mark.parametrize("worker_class", [Worker, FetchNextWorker])
+async def test_pause_waits_for_the_job_in_flight_and_resume_takes_jobs_again(
+    redis_server: RedisProcess, worker_class: type[Worker]
+) -> None:
+    release = asyncio.Event()
+    processed: list[str] = []
+
+    async def processor(job: Job, _token: str) -> None:
+        if job.id == "P0x":
+            await release.wait()
+        processed.append(str(job.id))
+
+    name = f"pause-{worker_class.__name__}"
+    worker = worker_class(name, processor, {
+        "connection": bullmq_connection(redis_server.url), "concurrency": 4, "autorun": False})
+    queue = Queue(name, {"connection": redis_server.url})
+    running = await run_until_idle(worker)
+    try:
+        await queue.add("n", {}, {"jobId": "P0x"})
+        await wait_until(lambda: bool(worker.jobs), 10, "P0x in flight")
+        pausing = asyncio.create_task(worker.pause())
+        await asyncio.sleep(0.3)
+        assert not pausing.done()  # waits for the job in flight
+        release.set()
+        await asyncio.wait_for(pausing, 10)
+        assert processed == ["P0x"]
+        await queue.add("n", {}, {"jobId": "P1x"})
+        await asyncio.sleep(0.5)
+        assert processed == ["P0x"]  # paused: not taken
+        worker.resume()
+        await wait_until(lambda: processed == ["P0x", "P1x"], 10, "P1x after resume")
+        await asyncio.wait_for(worker.close(), 10)
+    finally:
+        release.set()
+        await asyncio.gather(running, return_exceptions=True)
+        await queue.close()
