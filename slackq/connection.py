@@ -11,7 +11,8 @@ the enqueue policy (`producers/enqueue.py`). Timeouts are socket / connect.
   connection (`bullmq_connection`), or a lean pool of `WORKER_REDIS_CONNECTIONS` + 1
   (`worker/pool.py`).
 * command (`command_profile`): the worker's own commands (limiter, effect log). 5 s / 5 s, TCP
-  keepalive, retried ~1 s apart for about a job lock's life (`command_retry`); redis-py's pool.
+  keepalive, retried ~1 s apart for about a job lock's life (`command_retry`); a lean pool
+  (`COMMAND_POOL_SIZE`, for its cheaper commands: sized so that it never makes a claim wait).
 * `PRODUCER`: the webhook's enqueue. 0.5 s / 0.5 s, no retry (the webhook retries `Queue.add`
   itself within a time budget), TCP keepalive, a lean pool of 64, counts (re)connections.
 * `PROBE`: `/health/redis`, the `/metrics` queue counts, an embedded server's start. 1 s / 1 s,
@@ -162,6 +163,10 @@ OPERATOR = Profile("operator", socket_timeout=10, connect_timeout=5,
 DASHBOARD = Profile("dashboard", socket_timeout=5.0, connect_timeout=2.0, retry=NO_RETRY,
                     pool_size=4, encoding_errors="backslashreplace")
 COMMAND_TIMEOUT_SECONDS = 5.0
+# Not a bound in practice, as redis-py's own pool is not: connections are opened as concurrent
+# commands need them, at most one per job in flight (WORKER_CONCURRENCY <= 1,000) plus the lease
+# extension, the wait recorder and the installations' change feed.
+COMMAND_POOL_SIZE = 1024
 
 
 def command_retry(lock_duration_ms: int) -> RedisRetry:
@@ -177,7 +182,8 @@ def command_profile(lock_duration_ms: int) -> Profile:
     """The worker's own commands (limiter, effect log): bounded, retried as BullMQ's are."""
     return Profile("command", socket_timeout=COMMAND_TIMEOUT_SECONDS,
                    connect_timeout=COMMAND_TIMEOUT_SECONDS,
-                   retry=command_retry(lock_duration_ms), keepalive=True)
+                   retry=command_retry(lock_duration_ms), keepalive=True,
+                   pool_size=COMMAND_POOL_SIZE)
 
 
 def _profile_options(url: str, profile: Profile) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from slackq.connection import (
     BLOCKING,
+    COMMAND_POOL_SIZE,
     OPERATOR,
     PATIENT_PROBE,
     PROBE,
@@ -53,8 +54,8 @@ REDIS_PY_POOL = aioredis.ConnectionPool().max_connections  # redis-py's own pool
     (PROBE, (1.0, 1.0, 0, False, REDIS_PY_POOL, False)),
     (PATIENT_PROBE, (5.0, 5.0, 0, False, REDIS_PY_POOL, False)),
     (OPERATOR, (10, 5, 1, False, REDIS_PY_POOL, False)),
-    (command_profile(20_000), (5.0, 5.0, 26, False, REDIS_PY_POOL, False)),
-    (command_profile(1_000), (5.0, 5.0, 3, False, REDIS_PY_POOL, False)),
+    (command_profile(20_000), (5.0, 5.0, 26, True, COMMAND_POOL_SIZE, False)),
+    (command_profile(1_000), (5.0, 5.0, 3, True, COMMAND_POOL_SIZE, False)),
     (PRODUCER, (0.5, 0.5, 0, True, 64, True)),
     (PRODUCER.with_timeout(0.2), (0.2, 0.2, 0, True, 64, True)),
     (BLOCKING.pooled(5), (15.0, 5, None, True, 5, True)),  # the worker sets its retry
