@@ -126,11 +126,11 @@ class Background:
     """A worker (Node or Python) running in the background, ready once its log shows a marker."""
 
     def __init__(self, argv: list[str], env: dict[str, str], log_path: Path,
-                 marker: str, count: int = 1) -> None:
+                 marker: str, count: int = 1, cwd: Path = PROJECT_ROOT) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.popen = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                      cwd=PROJECT_ROOT, start_new_session=True)
+                                      cwd=cwd, start_new_session=True)
         self.marker, self.count = marker, count
 
     def wait_ready(self, timeout: float = 60.0) -> Background:

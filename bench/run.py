@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", "--sections", default=default,
                         help=f"comma-separated sections of {', '.join(SECTIONS)} (default: all "
                              "but realistic, which needs .venv-bench)")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="another checkout (e.g. main's worktree) whose slackq worker also "
+                             "runs, as `slackq@base` / `dyno@base`, in the latency, trickle and "
+                             "realistic sections: a before/after in one run")
     args = parser.parse_args(argv)
     ensure_node_modules()
     REPORTS.mkdir(exist_ok=True)
@@ -88,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         server = start_redis(Path(tmp) / "redis")
         assert server.process is not None
         run = Run(url=server.url, server_pid=server.process.pid, workdir=Path(tmp),
-                  reps=args.reps, scale=args.scale)
+                  reps=args.reps, scale=args.scale,
+                  base=args.base.resolve() if args.base else None)
         started = time.perf_counter()
         try:
             describe_machine(run)

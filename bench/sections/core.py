@@ -47,6 +47,24 @@ class Run:
     lines: list[str] = field(default_factory=list)
     counter: int = 0
     failures: dict[str, int] = field(default_factory=dict)
+    # `--base`: another checkout (e.g. main's worktree) whose slackq worker runs next to this
+    # one's as `slackq@base` (and `dyno@base`), for a before/after in one run.
+    base: Path | None = None
+
+    def tree(self, impl: str) -> tuple[Path, str]:
+        """(checkout, Python) that runs `impl`: `--base`'s for `...@base`, else this one's."""
+        if not impl.endswith("@base"):
+            return ROOT, sys.executable
+        assert self.base is not None, f"{impl} needs --base"
+        own = self.base / ".venv" / "bin" / "python"
+        return self.base, str(own) if own.exists() else sys.executable
+
+    def with_base(self, impls: list[str], *of: str) -> list[str]:
+        """`impls` with `X@base` after each X in `of` when `--base` is given."""
+        if self.base is None:
+            return impls
+        return [name for impl in impls
+                for name in ([impl, f"{impl}@base"] if impl in of else [impl])]
 
     def tag(self) -> str:
         self.counter += 1
@@ -87,7 +105,7 @@ VARIANTS: dict[str, dict[str, str]] = {
 
 def start_worker(run: Run, impl: str, queue: str, concurrency: int) -> Background:
     """A worker of `impl` on `queue` with `concurrency` jobs in flight in all (per dyno)."""
-    log = run.workdir / f"{impl}-{queue}.log"
+    log = run.workdir / f"{impl}-{queue}.log".replace("@", "-")
     if impl == "node":
         argv = ["node", str(NODE_DIR / "worker.js"), queue, str(concurrency), run.url]
         return Background(argv, base_env(run), log, "worker_started").wait_ready()
@@ -99,8 +117,19 @@ def start_worker(run: Run, impl: str, queue: str, concurrency: int) -> Backgroun
     processes, per_process = dyno_shape(concurrency, usable_cpus() if dyno else 1)
     env = base_env(run, QUEUE_NAME=queue, WORKER_CONCURRENCY=str(per_process),
                    WORKER_PROCESSES=str(processes), **VARIANTS.get(impl, {}))
-    argv = [sys.executable, str(BENCH_DIR / "py_worker.py"), "dyno"]
-    return Background(argv, env, log, '"worker_started"', processes).wait_ready()
+    tree, python = run.tree(impl)
+    argv = [python, str(tree / "bench" / "py_worker.py"), "dyno"]
+    return Background(argv, env, log, '"worker_started"', processes, cwd=tree).wait_ready()
+
+
+def queue_of(impl: str, concurrency: int) -> str:
+    """The queue a `bench/run.py` worker of `impl` drains."""
+    return f"q-{impl.replace('@', '-')}-{concurrency}"
+
+
+def base_label(impl: str, label: str) -> str:
+    """`label` of `impl`, marked as the `--base` checkout's when it is."""
+    return f"{label}, --base" if impl.endswith("@base") else label
 
 
 @contextlib.contextmanager
@@ -108,7 +137,7 @@ def workers(run: Run, impls: list[str], concurrency: int) -> Iterator[dict[str, 
     started: dict[str, Background] = {}
     try:
         for impl in impls:
-            started[impl] = start_worker(run, impl, f"q-{impl}-{concurrency}", concurrency)
+            started[impl] = start_worker(run, impl, queue_of(impl, concurrency), concurrency)
         yield started
     finally:
         for background in started.values():

@@ -13,8 +13,10 @@ from bench.sections.core import (
     ROOT,
     Run,
     base_env,
+    base_label,
     dyno_shape,
     fmt,
+    queue_of,
     ratio,
     server_cpu,
     settle,
@@ -62,7 +64,7 @@ def measure_at(run: Run, impls: list[str], rate: float, seconds: float,
                 worker = started[impl]
                 time.sleep(0.5)
                 cpu_before, server_before = worker.cpu_seconds(), server_cpu(run)
-                latencies = latency_probe(run, f"q-{impl}-{concurrency}", rate, seconds, warmup)
+                latencies = latency_probe(run, queue_of(impl, concurrency), rate, seconds, warmup)
                 cpu_us = (worker.cpu_seconds() - cpu_before) / jobs * 1e6
                 redis_us = (server_cpu(run) - server_before) / jobs * 1e6
             settle(run)
@@ -74,22 +76,24 @@ def measure_at(run: Run, impls: list[str], rate: float, seconds: float,
             for impl, by_key in samples.items()}
 
 
-def _labels() -> dict[str, str]:
+def _labels(impls: list[str]) -> dict[str, str]:
     processes, per_process = dyno_shape(10, usable_cpus())
-    return {"node": "Node", "port": "port Worker as shipped", "slackq": "slackq, 1 process",
-            "dyno": f"slackq dyno ({processes} processes x {per_process})"}
+    names = {"node": "Node", "port": "port Worker as shipped", "slackq": "slackq, 1 process",
+             "dyno": f"slackq dyno ({processes} processes x {per_process})"}
+    return {impl: base_label(impl, names[impl.removesuffix("@base")]) for impl in impls}
 
 
 def section_latency(run: Run) -> None:
     """End-to-end latency and worker CPU at 500 jobs/s (`section_trickle`: at 20 jobs/s)."""
     rate, seconds, warmup = 500.0, max(3.0, 8.0 * run.scale), 1.0
-    results = measure_at(run, ["node", "port", "slackq", "dyno"], rate, seconds, warmup)
+    impls = run.with_base(["node", "port", "slackq", "dyno"], "slackq", "dyno")
+    results = measure_at(run, impls, rate, seconds, warmup)
     run.results["latency"] = results
     run.print(f"### End-to-end latency at {rate:.0f} jobs/s, {int(rate * seconds)} jobs in "
               f"{seconds:.0f} s (add -> `completed` event; the first {warmup:.0f} s untimed; "
               f"worker concurrency 10 per dyno; median of {run.reps})")
     run.print()
-    node, labels = results["node"], _labels()
+    node, labels = results["node"], _labels(impls)
     rows = [[labels[impl], f"{r['p50']:.2f}", f"{r['p99']:.2f}", ratio(r["p99"], node["p99"]),
              f"{r['cpu_us'] * rate / 1e4:.0f}%", fmt(r["cpu_us"]),
              ratio(r["cpu_us"], node["cpu_us"]),
@@ -102,12 +106,13 @@ def section_latency(run: Run) -> None:
 def section_trickle(run: Run) -> None:
     """A quiet queue: does the dyno's second process wake for jobs the first one takes?"""
     rate, seconds, warmup = TRICKLE_RATE, max(5.0, 10.0 * run.scale), 1.0
-    results = measure_at(run, ["node", "slackq", "dyno"], rate, seconds, warmup)
+    impls = run.with_base(["node", "slackq", "dyno"], "slackq", "dyno")
+    results = measure_at(run, impls, rate, seconds, warmup)
     run.results["trickle"] = results
     run.print(f"### A trickle: {rate:.0f} jobs/s for {seconds:.0f} s (worker concurrency 10 per "
               f"dyno; median of {run.reps})")
     run.print()
-    node, one, labels = results["node"], results["slackq"], _labels()
+    node, one, labels = results["node"], results["slackq"], _labels(impls)
     rows = [[labels[impl], f"{r['p50']:.2f}", f"{r['p99']:.2f}", fmt(r["cpu_us"]),
              ratio(r["cpu_us"], node["cpu_us"]), ratio(r["cpu_us"], one["cpu_us"])]
             for impl, r in results.items()]

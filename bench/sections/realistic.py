@@ -24,6 +24,7 @@ from bench.sections.core import (
     ROOT,
     Run,
     base_env,
+    base_label,
     fill_paused,
     fmt,
     pending,
@@ -87,7 +88,7 @@ def slack_standin(run: Run) -> Iterator[Standin]:
 
 def realistic_worker(run: Run, impl: str, queue: str, slack: str) -> Background:
     """One worker of `impl` with 50 jobs in flight in all; `slack` is `-` for a no-op."""
-    log = run.workdir / f"real-{impl}-{queue}.log"
+    log = run.workdir / f"real-{impl}-{queue}.log".replace("@", "-")
     concurrency = str(REALISTIC_CONCURRENCY)
     if impl in PEERS:
         argv = [str(bench_venv_python()), str(BENCH_DIR / "py_peers.py"), "worker", impl, queue,
@@ -97,14 +98,15 @@ def realistic_worker(run: Run, impl: str, queue: str, slack: str) -> Background:
         script = "worker.js" if slack == "-" else "worker_http.js"
         argv = ["node", str(NODE_DIR / script), queue, concurrency, run.url, slack]
         return Background(argv, base_env(run), log, "worker_started").wait_ready()
-    processes = 2 if impl == "dyno" else 1
+    processes = 2 if impl.startswith("dyno") else 1
     env = base_env(run, QUEUE_NAME=queue, WORKER_PROCESSES=str(processes),
                    WORKER_CONCURRENCY=str(REALISTIC_CONCURRENCY // processes),
                    SLACK_API_URL=slack, **UNPACED)
     # The real worker (`python -m worker`, the default handlers); the no-op: bench/py_worker.py.
-    argv = ([sys.executable, str(BENCH_DIR / "py_worker.py"), "dyno"] if slack == "-"
-            else [sys.executable, "-m", "worker"])
-    return Background(argv, env, log, '"worker_started"', processes).wait_ready()
+    tree, python = run.tree(impl)
+    argv = ([python, str(tree / "bench" / "py_worker.py"), "dyno"] if slack == "-"
+            else [python, "-m", "worker"])
+    return Background(argv, env, log, '"worker_started"', processes, cwd=tree).wait_ready()
 
 
 def peer_enqueue(run: Run, impl: str, queue: str, count: int) -> None:
@@ -149,7 +151,7 @@ def commandstats(client: redis.Redis) -> dict[str, int]:
 
 def realistic_once(run: Run, impl: str, count: int, standin: Standin | None) -> dict[str, Any]:
     """One drain of `count` jobs: jobs/s, worker CPU µs per job, Redis commands per job."""
-    queue = f"r-{impl}-{run.tag()}"
+    queue = f"r-{impl.replace('@', '-')}-{run.tag()}"
     slack = standin.api if standin else "-"
     worker = realistic_worker(run, impl, queue, slack)
     client = run.sync()
@@ -234,13 +236,14 @@ REALISTIC_LABELS = {"slackq": "slackq, 1 process", "dyno": "slackq dyno (2 x 25)
 
 
 def section_realistic(run: Run) -> None:
-    impls = ["node", "slackq", "dyno", "arq", "saq"]
+    impls = run.with_base(["node", "slackq", "dyno", "arq", "saq"], "slackq")
     count = int(2000 * run.scale)
     results: dict[str, dict[str, dict[str, Any]]] = {}
     load = os.getloadavg()
     with slack_standin(run) as standin:
         for variant, impls_of, slack in (("http", impls, standin),
-                                         ("noop", ["node", "slackq", "arq", "saq"], None)):
+                                         ("noop", run.with_base(["node", "slackq", "arq", "saq"],
+                                                                "slackq"), None)):
             samples: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for _ in range(run.reps):
                 for impl in impls_of:
@@ -273,7 +276,8 @@ def realistic_table(run: Run, results: dict[str, dict[str, Any]]) -> None:
     rows = []
     for impl, r in results.items():
         trips = "-" if impl in PEERS else f"{round_trips(r['commands']):.2f}"
-        rows.append([REALISTIC_LABELS[impl], fmt(r["rate"]), fmt(r["cpu_us"]),
+        label = base_label(impl, REALISTIC_LABELS[impl.removesuffix("@base")])
+        rows.append([label, fmt(r["rate"]), fmt(r["cpu_us"]),
                      fmt(r["redis_us"]), fmt(r["slack_us"]), trips,
                      f"{sum(r['commands'].values()):.1f}", command_summary(r["commands"]),
                      ratio(r["rate"], node["rate"]), ratio(r["rate"], arq["rate"]),
