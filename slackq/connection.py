@@ -79,7 +79,7 @@ from redis.sentinel import Sentinel as SyncSentinel
 
 from slackq.errors import RedisMisconfigured
 from slackq.metrics import track_connect
-from slackq.pool import lean_client
+from slackq.pool import LeanRedis, lean_client
 from slackq.redis_url import URL_SCHEMES as URL_SCHEMES
 from slackq.redis_url import ClusterAddress, cluster_address
 from slackq.redis_url import SentinelAddress as SentinelAddress
@@ -313,12 +313,13 @@ def _sentinel_client(address: SentinelAddress, profile: Profile,
     kwargs = _node_kwargs(address, options)
     kwargs["primary_check_seconds"] = address.check_seconds
     pool_class: type[SentinelConnectionPool] = ClosesSentinels
+    redis_class: type[aioredis.Redis] = aioredis.Redis
     if profile.pool_size is not None:
-        pool_class = LeanSentinelConnectionPool
+        pool_class, redis_class = LeanSentinelConnectionPool, LeanRedis  # as lean_client's
         kwargs["max_connections"] = profile.pool_size
         kwargs["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)  # as lean
     client = manager.master_for(
-        address.master, connection_pool_class=pool_class, **kwargs)
+        address.master, redis_class=redis_class, connection_pool_class=pool_class, **kwargs)
     return cast(aioredis.Redis, client)
 
 
