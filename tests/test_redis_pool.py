@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from bullmq.redis_connection import RedisConnection
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from redis.asyncio.connection import (
@@ -29,6 +30,7 @@ from redis.asyncio.connection import (
 )
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, MaxConnectionsError, NoScriptError, ResponseError
@@ -41,6 +43,7 @@ from slackq.pool import (
     REDIS_PY_RANGE,
     LeanConnectionPool,
     LeanRedis,
+    LeanScript,
     lean_client,
     lean_connection_class,
 )
@@ -308,6 +311,24 @@ async def test_multi_exec_is_one_transaction_with_each_reply(redis_server: Redis
         await plain.aclose()
 
 
+async def test_lean_scripts_run_reload_and_join_pipelines(redis_server: RedisProcess) -> None:
+    """`LeanRedis.register_script` gives a `LeanScript`: it answers as redis-py's, loads itself
+    again after SCRIPT FLUSH, and in a pipeline is queued as redis-py's script is."""
+    lean = lean_client(redis_server.url, 2, decode_responses=True)
+    try:
+        script = lean.register_script("return {KEYS[1], ARGV[1]}")
+        assert isinstance(script, LeanScript)
+        assert await script(keys=["k"], args=["a"]) == ["k", "a"]
+        await lean.script_flush()
+        assert await script(keys=["k2"], args=["b"]) == ["k2", "b"]  # NOSCRIPT: loaded again
+        await lean.script_flush()
+        async with lean.pipeline(transaction=True) as pipe:
+            await script(keys=["k3"], args=["c"], client=pipe)
+            assert await pipe.execute() == [["k3", "c"]]
+    finally:
+        await lean.aclose()
+
+
 # The redis-py internals slackq/pool.py relies on: (what would break, check, what is expected).
 def _params(function: Any) -> list[str]:
     return list(inspect.signature(function).parameters)
@@ -351,6 +372,15 @@ POOL_RELIANCES: list[tuple[str, Callable[[], object], object]] = [
     ("LeanRedis (a retry's failure closes the connection so)",
      lambda: _params(AbstractConnection.disconnect)[:4],
      ["self", "nowait", "error", "failure_count"]),
+    ("LeanScript (what AsyncScript does on a call)",
+     lambda: "return await client.evalsha(self.sha, len(keys), *args)" in inspect.getsource(
+         AsyncScript.__call__), True),
+    ("LeanScript (the reload after NOSCRIPT)",
+     lambda: "self.sha = await client.script_load(self.script)" in inspect.getsource(
+         AsyncScript.__call__), True),
+    ("LeanScript (the BullMQ port registers its scripts on the client it is given)",
+     lambda: "self.conn.register_script(" in inspect.getsource(RedisConnection.loadCommands),
+     True),
     ("LeanRedis (Retry.call_with_retry)", lambda: _params(Retry.call_with_retry),
      ["self", "do", "fail", "is_retryable", "with_failure_count"]),
     ("LeanRedis (commands and their only option, keys, that it takes the short path for)",

@@ -17,6 +17,7 @@ from bullmq import Job, Queue, Worker
 from slackq.bullmq_seam import FetchNextWorker
 from slackq.connection import BLOCK_BOUND_SECONDS, bullmq_connection
 from slackq.embedded import RedisProcess
+from slackq.pool import LeanScript
 from slackq.settings import Settings
 from tests.waiting import wait_until
 from worker.pool import pooled_connection, worker_connection
@@ -368,3 +369,36 @@ async def test_pause_waits_for_the_job_in_flight_and_resume_takes_jobs_again(
         release.set()
         await asyncio.gather(running, return_exceptions=True)
         await queue.close()
+
+
+async def test_scripts_redis_forgot_are_loaded_again(redis_server: RedisProcess) -> None:
+    """On a lean client the port's scripts are `LeanScript`s (plain EVALSHAs); after SCRIPT
+    FLUSH (a restarted Redis) the fetch and the completion load theirs again, jobs complete."""
+    done: asyncio.Queue[str] = asyncio.Queue()
+
+    async def processor(job: Job, _token: str) -> None:
+        done.put_nowait(str(job.id))
+
+    worker = FetchNextWorker("flushed", processor, {
+        "connection": pooled_connection(redis_server.url, 3), "concurrency": 2, "autorun": False})
+    assert all(isinstance(script, LeanScript)
+               for script in worker.redisConnection.commands.values())
+    queue = Queue("flushed", {"connection": redis_server.url})
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    running = await run_until_idle(worker)
+    try:
+        await client.script_flush()
+        await queue.addBulk([{"name": "n", "data": {}, "opts": {"jobId": f"F{i}x"}}
+                             for i in range(3)])
+        assert sorted([await asyncio.wait_for(done.get(), 10) for _ in range(3)]) == [
+            "F0x", "F1x", "F2x"]
+        await wait_until(lambda: _completed(client, "flushed", 3), 10, "3 completed")
+    finally:
+        await worker.close()
+        await asyncio.gather(running, return_exceptions=True)
+        await queue.close()
+        await client.aclose()
+
+
+async def _completed(client: aioredis.Redis, queue_name: str, count: int) -> bool:
+    return bool(await client.zcard(f"bull:{queue_name}:completed") == count)
