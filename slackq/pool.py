@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -196,10 +196,17 @@ class LeanRedis(aioredis.Redis):
                 or (options and (len(options) > 1 or "keys" not in options))
                 or type(name) is not str or name[:7].upper() == "HIMPORT"):
             return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        return await self._on_connection(pool, lambda connection: self._call(connection, args))
+
+    @staticmethod
+    async def _on_connection(pool: LeanConnectionPool,
+                             call: Callable[[AbstractConnection], Awaitable[Any]]) -> Any:
+        """`call` on a connection lent by `pool`, retried as redis-py retries a command (a
+        failed try disconnects, the next reconnects)."""
         connection = await pool.get_connection()
         try:
             return await connection.retry.call_with_retry(
-                lambda: self._call(connection, args),
+                lambda: call(connection),
                 lambda error, failures: connection.disconnect(error=error,
                                                               failure_count=failures),
                 with_failure_count=True)
@@ -231,15 +238,8 @@ class LeanRedis(aioredis.Redis):
                 for command in commands:
                     pipe.execute_command(*command)
                 return list(await pipe.execute(raise_on_error=False))
-        connection = await pool.get_connection()
-        try:
-            return await connection.retry.call_with_retry(
-                lambda: self._transaction(connection, commands),
-                lambda error, failures: connection.disconnect(error=error,
-                                                              failure_count=failures),
-                with_failure_count=True)
-        finally:
-            await pool.release(connection)
+        return list(await self._on_connection(
+            pool, lambda connection: self._transaction(connection, commands)))
 
     async def _transaction(self, connection: AbstractConnection,
                            commands: Sequence[tuple[Any, ...]]) -> list[Any]:

@@ -4,18 +4,20 @@ Starting the web and the worker costs about a second of CPU each, several second
 on a busy 2-core machine. Tests that only send requests through a healthy stack, and never stop,
 signal or reconfigure its processes, share one: `fresh` gives each test an empty Redis (FLUSHALL,
 once no job is active any more) and a Slack stand-in without calls, what a stack of its own
-would start from. A module uses it by overriding the `redis_server` and `fake_slack` fixtures
-(tests/test_e2e.py).
+would start from. A module uses it by overriding the `redis_server` and `fake_slack` fixtures:
+`shared, redis_server, fake_slack = stack_fixtures("e2e")` (tests/test_e2e.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pytest
 import redis
 
 from harness.procfile import Stack, procfile_stack
@@ -65,3 +67,23 @@ def fresh(shared: ModuleStack) -> ModuleStack:
         client.flushall()
     shared.slack.forget_calls()
     return shared
+
+
+def stack_fixtures(label: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+    """The module's `shared` stack (started once, logs under a `label` directory) and the
+    `redis_server` and `fake_slack` fixtures each test of the module gets from it, emptied."""
+
+    @pytest.fixture(scope="module", name="shared")
+    def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleStack]:
+        with module_stack(tmp_path_factory.mktemp(label)) as started:
+            yield started
+
+    @pytest.fixture(name="redis_server")
+    def redis_server(shared: ModuleStack) -> RedisProcess:
+        return fresh(shared).redis
+
+    @pytest.fixture(name="fake_slack")
+    def fake_slack(redis_server: RedisProcess, shared: ModuleStack) -> FakeSlack:
+        return shared.slack
+
+    return shared, redis_server, fake_slack

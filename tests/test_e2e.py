@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -11,7 +10,7 @@ import redis
 
 from harness.slack_standin import FakeSlack
 from slackq.embedded import RedisProcess
-from tests.module_stack import ModuleStack, fresh, module_stack
+from tests.module_stack import ModuleStack, stack_fixtures
 from tests.slack_requests import (
     BOT_TOKEN,
     app_mention_envelope,
@@ -19,23 +18,7 @@ from tests.slack_requests import (
     signed_headers,
 )
 
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleStack]:
-    """The Procfile's `web` and `worker` against a real Redis and the Web API stand-in, started
-    once for the module: each test gets them emptied (tests/module_stack.py)."""
-    with module_stack(tmp_path_factory.mktemp("e2e")) as started:
-        yield started
-
-
-@pytest.fixture
-def redis_server(shared: ModuleStack) -> RedisProcess:
-    return fresh(shared).redis
-
-
-@pytest.fixture
-def fake_slack(redis_server: RedisProcess, shared: ModuleStack) -> FakeSlack:
-    return shared.slack
+shared, redis_server, fake_slack = stack_fixtures("e2e")
 
 
 @pytest.fixture

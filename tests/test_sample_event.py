@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,27 +11,11 @@ import redis
 
 from harness.slack_standin import FakeSlack
 from slackq.embedded import RedisProcess, free_port
-from tests.module_stack import ModuleStack, fresh, module_stack
+from tests.module_stack import ModuleStack, stack_fixtures
 from tests.processes import process_env
 from tests.slack_requests import BOT_TOKEN, SIGNING_SECRET
 
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleStack]:
-    """The Procfile's `web` and `worker` against a real Redis and the Web API stand-in, started
-    once for the module: each test gets them emptied (tests/module_stack.py)."""
-    with module_stack(tmp_path_factory.mktemp("sample")) as started:
-        yield started
-
-
-@pytest.fixture
-def redis_server(shared: ModuleStack) -> RedisProcess:
-    return fresh(shared).redis
-
-
-@pytest.fixture
-def fake_slack(redis_server: RedisProcess, shared: ModuleStack) -> FakeSlack:
-    return shared.slack
+shared, redis_server, fake_slack = stack_fixtures("sample")
 
 
 @pytest.fixture
