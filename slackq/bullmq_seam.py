@@ -107,8 +107,8 @@ class FetchNextWorker(Worker):  # type: ignore[misc]  # bullmq ships no type inf
 
     # Awaited before each fetch: slackq's backoff while Redis fails (worker/outage.py).
     before_fetch: Callable[[], Awaitable[None]] | None = None
-    # Taken before a fetch waits for new jobs, kept while another fetch of this process is
-    # queued (free slots), given up when none is (all slots busy): worker/fetch_turn.py.
+    # Taken before a fetch waits for new jobs, kept while this process has a free slot, given
+    # up when the job just fetched fills the last one, or on close/pause: worker/fetch_turn.py.
     fetch_turn: FetchTurnLike | None = None
     running: bool  # set by the port's __init__
 

@@ -14,13 +14,21 @@ import pytest
 from worker.fetch_turn import FetchTurn
 
 
+async def blocked(turn: FetchTurn, task: asyncio.Task[bool]) -> None:
+    """Wait (bounded) until `turn`'s acquire is blocked on the other holder's lock."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while not turn.waiting:
+        assert asyncio.get_running_loop().time() < deadline, "acquire never blocked"
+        await asyncio.sleep(0.01)
+    assert not task.done()
+
+
 async def test_a_released_turn_goes_to_the_waiting_process(tmp_path: Path) -> None:
     first, second = FetchTurn(tmp_path / "turn"), FetchTurn(tmp_path / "turn")
     assert await first.acquire() and first.held
     assert await first.acquire()  # held: returns at once
     waiting = asyncio.create_task(second.acquire())
-    await asyncio.sleep(0.1)
-    assert not waiting.done()  # the loop runs while the other process holds the turn
+    await blocked(second, waiting)  # the loop runs while the other process holds the turn
     first.release()
     assert await asyncio.wait_for(waiting, 10) is True
     assert second.held and not first.held
@@ -30,7 +38,7 @@ async def test_an_interrupted_wait_gives_a_late_grant_straight_back(tmp_path: Pa
     holder, interrupted = FetchTurn(tmp_path / "turn"), FetchTurn(tmp_path / "turn")
     assert await holder.acquire()
     waiting = asyncio.create_task(interrupted.acquire())
-    await asyncio.sleep(0.1)
+    await blocked(interrupted, waiting)
     interrupted.interrupt()  # a close or pause while waiting
     assert await asyncio.wait_for(waiting, 10) is False
     holder.release()  # the interrupted process's thread now gets the lock, and must return it
@@ -43,7 +51,7 @@ async def test_a_cancelled_wait_leaves_no_turn_held(tmp_path: Path) -> None:
     holder, cancelled = FetchTurn(tmp_path / "turn"), FetchTurn(tmp_path / "turn")
     assert await holder.acquire()
     waiting = asyncio.create_task(cancelled.acquire())
-    await asyncio.sleep(0.1)
+    await blocked(cancelled, waiting)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
@@ -64,8 +72,7 @@ async def test_the_turn_of_a_dead_process_is_free(tmp_path: Path) -> None:
         assert (await asyncio.wait_for(holder.stdout.readline(), 30)).strip() == b"held"
         turn = FetchTurn(path)
         waiting = asyncio.create_task(turn.acquire())
-        await asyncio.sleep(0.1)
-        assert not waiting.done()
+        await blocked(turn, waiting)
         holder.kill()
         assert await asyncio.wait_for(waiting, 10) is True
     finally:

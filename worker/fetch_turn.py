@@ -40,6 +40,11 @@ class FetchTurn:
         self._thread_pending = False
         self._waiter: asyncio.Future[None] | None = None
 
+    @property
+    def waiting(self) -> bool:
+        """A thread is blocked in `flock` for this process (the other one holds the turn)."""
+        return self._thread_pending
+
     async def acquire(self) -> bool:
         """Take the turn; False when `interrupt` ended the wait first."""
         if self.held:
